@@ -1,0 +1,110 @@
+//! mailgrip classifies e-mail in the mail chain of Dutch government organisations into the five
+//! classes of the national pilot (functioneel, prive, niet-functioneel, personeelsvertrouwelijk,
+//! partijpolitiek), tags it, relays it on and copies what must be kept into the archive.
+//!
+//! # Layout: the life of a message
+//!
+//! ```text
+//!  MTA ──SMTP──▶ ingress ──▶ parse ──▶ classify ──▶ decide ──▶ tag ──▶ relay ──▶ next hop
+//!               (session,   (mail-    (tokenizer +  (archive   (X-Mailgrip-*    │
+//!                DATA/BDAT,  parser,   ONNX Runtime  or not)    headers)        ▼
+//!                caps, ACL)  text      on worker                          archive (staged
+//!                            layout)   threads)                           before relay,
+//!                                                                         committed after)
+//!                      └──────────── telemetry: metrics, /readyz, logs ───────────┘
+//! ```
+//!
+//! - [`ingress`]: SMTP listener and sessions (tokio + `smtp-proto`).
+//! - [`parse`]: message bytes → subject, body text, domains, attachments; the model text layout.
+//! - [`classify`]: bounded queue → inference workers → calibrated probabilities.
+//! - [`decide`]: probabilities → action on the archive copy.
+//! - [`tag`]: prepend `X-Mailgrip-*`, strip forged ones.
+//! - [`relay`]: next hop by SMTP (pooled) or into a folder.
+//! - [`archive`]: durable `.eml` + JSON sidecar by date.
+//! - [`pipeline`]: the steps above, in order, for one message.
+//! - [`telemetry`]: Prometheus metrics, health endpoints.
+//! - [`config`]: layered, validated configuration.
+
+pub mod archive;
+pub mod classify;
+pub mod cli;
+pub mod config;
+pub mod decide;
+pub mod envelope;
+pub mod ingress;
+pub mod parse;
+pub mod pipeline;
+pub mod relay;
+pub mod tag;
+pub mod telemetry;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use classify::{Classifier, ClassifyError};
+use config::Config;
+use pipeline::Gateway;
+use telemetry::Metrics;
+
+/// Sockets bound by the caller (the binary, or a test on port 0).
+pub struct Listeners {
+    pub smtp: TcpListener,
+    pub metrics: Option<TcpListener>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("loading the model: {0}")]
+    Model(#[from] ClassifyError),
+    #[error("{0}")]
+    Other(String),
+}
+
+/// How long sessions may take to finish after shutdown is requested.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
+/// Load the model, then serve SMTP and metrics until `shutdown` is cancelled.
+pub async fn run(
+    cfg: Config,
+    listeners: Listeners,
+    shutdown: CancellationToken,
+) -> Result<(), StartError> {
+    let metrics = Arc::new(Metrics::new());
+    let model_cfg = cfg.model.clone();
+    let m = metrics.clone();
+    let classifier = tokio::task::spawn_blocking(move || Classifier::start(&model_cfg, m))
+        .await
+        .map_err(|e| StartError::Other(e.to_string()))??;
+    tracing::info!(model = %classifier.info().id(), kind = %classifier.info().kind, sha256 = %classifier.info().sha256, "model loaded");
+    let gateway = Arc::new(Gateway::new(&cfg, classifier, metrics.clone()));
+
+    let mut tasks = tokio::task::JoinSet::new();
+    if let Some(listener) = listeners.metrics {
+        let g = gateway.clone();
+        let ready: telemetry::Health = Arc::new(move || {
+            let g = g.clone();
+            Box::pin(async move { g.relay.probe().await.map_err(|e| format!("next hop: {e}")) })
+        });
+        tasks.spawn(telemetry::serve_http(
+            listener,
+            metrics.clone(),
+            ready,
+            shutdown.clone(),
+        ));
+    }
+    let settings = Arc::new(ingress::IngressSettings::new(&cfg));
+    tracing::info!(smtp = %listeners.smtp.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+                   relay = gateway.relay.mode(), "accepting mail");
+    tasks.spawn(ingress::serve_smtp(
+        listeners.smtp,
+        settings,
+        gateway,
+        shutdown.clone(),
+        SHUTDOWN_GRACE,
+    ));
+    while tasks.join_next().await.is_some() {}
+    Ok(())
+}

@@ -1,0 +1,137 @@
+//! The `mailgrip` binary: parses the command line, sets up logging, binds sockets, wires signals,
+//! and calls into the library (see `lib.rs` for the layout of a message's journey).
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use mailgrip::cli::{self, Format};
+use mailgrip::config::{Config, LogFormat};
+
+#[derive(Parser)]
+#[command(
+    name = "mailgrip",
+    version,
+    about = "Classifies e-mail in the mail chain: SMTP content filter, ONNX classifier, archive routing."
+)]
+struct Cli {
+    /// Configuration file (TOML). Without it, the built-in defaults apply; MAILGRIP__SECTION__KEY
+    /// environment variables override either.
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the mail gateway.
+    Serve,
+    /// Classify .eml files, folders of them, and mbox files.
+    Classify {
+        #[arg(long, value_enum, default_value = "jsonl")]
+        format: Format,
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
+    /// Print the model text of each message (JSONL), exactly as the classifier sees it.
+    Extract {
+        #[arg(long, value_enum, default_value = "jsonl")]
+        format: Format,
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
+    /// Check the configuration and print it as TOML.
+    CheckConfig,
+}
+
+fn init_tracing(cfg: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cfg.log.level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match cfg.log.format {
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .init(),
+        LogFormat::Pretty => builder.compact().init(),
+    }
+}
+
+fn main() {
+    if let Err(e) = real_main() {
+        eprintln!("mailgrip: error: {e}");
+        for cause in e.chain().skip(1) {
+            eprintln!("  caused by: {cause}");
+        }
+        std::process::exit(1);
+    }
+}
+
+fn real_main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let cfg = Config::load(cli.config.as_deref()).context("configuration")?;
+    match cli.command {
+        Command::CheckConfig => {
+            print!("{}", toml::to_string_pretty(&cfg)?);
+            Ok(())
+        }
+        Command::Extract { paths, format: _ } => cli::extract(&paths),
+        Command::Classify { paths, format } => {
+            init_tracing(&Config {
+                log: mailgrip::config::LogConfig {
+                    level: "warn".into(),
+                    ..cfg.log.clone()
+                },
+                ..cfg.clone()
+            });
+            runtime()?.block_on(cli::classify(&cfg, &paths, format))
+        }
+        Command::Serve => {
+            init_tracing(&cfg);
+            runtime()?.block_on(serve(cfg))
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}
+
+async fn serve(cfg: Config) -> anyhow::Result<()> {
+    let smtp = TcpListener::bind(cfg.smtp_listen())
+        .await
+        .with_context(|| format!("smtp.listen {}", cfg.smtp.listen))?;
+    let metrics = if cfg.metrics.listen.is_empty() {
+        None
+    } else {
+        Some(
+            TcpListener::bind(&cfg.metrics.listen)
+                .await
+                .with_context(|| format!("metrics.listen {}", cfg.metrics.listen))?,
+        )
+    };
+    let shutdown = CancellationToken::new();
+    let token = shutdown.clone();
+    tokio::spawn(async move {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
+        tokio::select! {
+            _ = term.recv() => {},
+            _ = tokio::signal::ctrl_c() => {},
+        }
+        tracing::info!("shutdown requested; finishing sessions in flight");
+        token.cancel();
+    });
+    mailgrip::run(cfg, mailgrip::Listeners { smtp, metrics }, shutdown).await?;
+    Ok(())
+}

@@ -1,0 +1,230 @@
+//! The flow of one message after end-of-data:
+//! parse → classify → decide → tag → stage archive copy → relay → commit archive copy.
+//!
+//! Called by the SMTP session ([`crate::ingress`]) once per transaction. It returns the reply for
+//! the client; every failure is an explicit outcome (see the table in the README):
+//! next hop 2xx → `250`; next hop 4xx or unreachable → `451`; next hop 5xx → that 5xx;
+//! classifier failure → relayed as `unclassified` or `451`, per `classify.on_error`, never 5xx.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use tracing::{Instrument, info, info_span, warn};
+
+use crate::archive::{Archive, Sidecar};
+use crate::classify::{Classifier, Scores};
+use crate::config::{Config, OnClassifyError};
+use crate::decide::{Action, Decision, Policy};
+use crate::envelope::Envelope;
+use crate::ingress::reply::SmtpReply;
+use crate::parse;
+use crate::relay::{Relay, RelayError};
+use crate::tag::{Tags, tag};
+use crate::telemetry::Metrics;
+
+/// Everything a message passes through, shared by all sessions.
+pub struct Gateway {
+    pub classifier: Classifier,
+    pub policy: Policy,
+    pub relay: Relay,
+    pub archive: Option<Archive>,
+    pub metrics: Arc<Metrics>,
+    pub on_classify_error: OnClassifyError,
+}
+
+impl Gateway {
+    pub fn new(cfg: &Config, classifier: Classifier, metrics: Arc<Metrics>) -> Gateway {
+        Gateway {
+            classifier,
+            policy: Policy::new(&cfg.archive),
+            relay: Relay::new(&cfg.relay),
+            archive: cfg.archive.enabled.then(|| Archive::new(&cfg.archive.dir)),
+            metrics,
+            on_classify_error: cfg.classify.on_error,
+        }
+    }
+
+    /// Process one received message and say what to answer the client.
+    pub async fn process(self: &Arc<Self>, env: Envelope, raw: Vec<u8>) -> SmtpReply {
+        let id = uuid::Uuid::now_v7().simple().to_string();
+        let span = info_span!("message", id = %id, queue_id = env.queue_id().unwrap_or("-"), size = raw.len(), rcpts = env.rcpt_to.len());
+        let started = Instant::now();
+        let reply = self.process_inner(&id, env, raw).instrument(span).await;
+        self.metrics
+            .processing_seconds
+            .observe(started.elapsed().as_secs_f64());
+        reply
+    }
+
+    async fn process_inner(self: &Arc<Self>, id: &str, env: Envelope, raw: Vec<u8>) -> SmtpReply {
+        let m = &self.metrics;
+        // Parse on the blocking pool: a 20 MB message is real CPU work.
+        let (raw, extracted) = match tokio::task::spawn_blocking(move || {
+            let e = parse::extract(&raw);
+            (raw, e)
+        })
+        .await
+        {
+            Ok(r) => r,
+            Err(e) => {
+                m.error("parse", "panic");
+                warn!(error = %e, "parser crashed");
+                return SmtpReply::new(451, "4.3.0 internal error while parsing, try again later");
+            }
+        };
+
+        let model = self.classifier.info().clone();
+        let (decision, scores): (Decision, Option<Scores>) = match &extracted.parse_error {
+            Some(why) => {
+                m.error("parse", "unparseable");
+                (self.policy.unclassified(&format!("parse: {why}")), None)
+            }
+            None => match self.classifier.classify(extracted.model_text()).await {
+                Ok(scores) => (self.policy.decide(&scores), Some(scores)),
+                Err(e) => {
+                    m.error("classify", e.kind());
+                    warn!(error = %e, "classification failed");
+                    match self.on_classify_error {
+                        OnClassifyError::Tempfail => {
+                            m.messages
+                                .with_label_values(&["unclassified", "tempfailed"])
+                                .inc();
+                            return SmtpReply::new(
+                                451,
+                                "4.3.0 classifier unavailable, try again later",
+                            );
+                        }
+                        OnClassifyError::RelayUnclassified => {
+                            (self.policy.unclassified(&format!("classify: {e}")), None)
+                        }
+                    }
+                }
+            },
+        };
+
+        let tags = Tags {
+            class: decision.class.clone(),
+            scores: scores.map(|s| s.header_value()),
+            model: model.id(),
+            id: id.to_string(),
+            action: decision.action.as_str().to_string(),
+            reason: scores.is_none().then(|| decision.reason.clone()),
+        };
+        let now = time::OffsetDateTime::now_utc();
+        let archive_copy = decision.action == Action::Archive && self.archive.is_some();
+        let this = self.clone();
+        let (id_owned, env_owned, decision_owned) = (id.to_string(), env.clone(), decision.clone());
+        // Tagging copies the message and staging fsyncs it: both off the async workers.
+        let staged = tokio::task::spawn_blocking(move || {
+            let (tagged, forged) = tag(&raw, &tags);
+            let staged = if archive_copy {
+                let archive = this.archive.as_ref().expect("checked");
+                let mut sidecar = Sidecar {
+                    id: &id_owned,
+                    class: &decision_owned.class,
+                    action: decision_owned.action.as_str(),
+                    reason: &decision_owned.reason,
+                    scores: scores.map(|s| s.as_map()).unwrap_or_default(),
+                    model: &model.name,
+                    model_version: &model.version,
+                    model_sha256: &model.sha256,
+                    time: now
+                        .format(&time::format_description::well_known::Rfc3339)
+                        .unwrap_or_default(),
+                    envelope: &env_owned,
+                    message_id: extracted.message_id.as_deref(),
+                    sha256: String::new(),
+                    size: 0,
+                };
+                Some(archive.stage(&id_owned, now, &tagged, &mut sidecar))
+            } else {
+                None
+            };
+            (tagged, forged, staged)
+        })
+        .await;
+        let (tagged, forged, staged) = match staged {
+            Ok((tagged, forged, Some(Err(e)))) => {
+                let _ = (tagged, forged);
+                m.error("archive", "stage");
+                warn!(error = %e, "archive copy could not be written; deferring");
+                m.messages
+                    .with_label_values(&[&decision.class, "tempfailed"])
+                    .inc();
+                return SmtpReply::new(451, "4.3.0 archive store unavailable, try again later");
+            }
+            Ok((tagged, forged, staged)) => {
+                (tagged, forged, staged.map(|s| s.expect("matched above")))
+            }
+            Err(e) => {
+                m.error("tag", "panic");
+                warn!(error = %e, "tagging crashed");
+                return SmtpReply::new(451, "4.3.0 internal error, try again later");
+            }
+        };
+        if forged > 0 {
+            m.error("tag", "forged_header_removed");
+            warn!(
+                removed = forged,
+                "removed X-Mailgrip headers that arrived from outside"
+            );
+        }
+
+        let relay_timer = m
+            .relay_seconds
+            .with_label_values(&[self.relay.mode()])
+            .start_timer();
+        let relayed = self.relay.send(id, &env, &tagged).await;
+        relay_timer.observe_duration();
+        let scores_log = scores.map(|s| s.header_value()).unwrap_or_default();
+        match relayed {
+            Ok(remote) => {
+                if let Some(staged) = staged {
+                    match tokio::task::spawn_blocking(move || staged.commit()).await {
+                        Ok(Ok(_)) => m.archived.with_label_values(&[&decision.class]).inc(),
+                        other => {
+                            // Delivered already: answering 4xx now would deliver twice. The staged
+                            // copy stays on disk under archive.dir/.tmp for recovery.
+                            m.error("archive", "commit");
+                            warn!(result = ?other.map(|r| r.err()), "archive commit failed after delivery; staged copy kept in .tmp");
+                        }
+                    }
+                }
+                m.messages
+                    .with_label_values(&[&decision.class, "relayed"])
+                    .inc();
+                info!(class = %decision.class, action = decision.action.as_str(), scores = %scores_log,
+                      model = %self.classifier.info().id(), reason = %decision.reason, next_hop = %remote.text, "relayed");
+                SmtpReply::new(
+                    250,
+                    format!(
+                        "2.0.0 Ok: {id} {} {}",
+                        decision.class,
+                        decision.action.as_str()
+                    ),
+                )
+            }
+            Err(e) => {
+                if let Some(staged) = staged {
+                    staged.discard();
+                }
+                m.error("relay", e.kind());
+                let (outcome, reply) = match &e {
+                    RelayError::Refused(r) => ("rejected", SmtpReply::new(r.code, r.text.clone())),
+                    RelayError::Deferred(r) => {
+                        ("tempfailed", SmtpReply::new(r.code, r.text.clone()))
+                    }
+                    RelayError::Unreachable(_) | RelayError::Io(_) => (
+                        "tempfailed",
+                        SmtpReply::new(451, "4.4.1 next hop unavailable, try again later"),
+                    ),
+                };
+                m.messages
+                    .with_label_values(&[&decision.class, outcome])
+                    .inc();
+                warn!(class = %decision.class, error = %e, outcome, "not relayed");
+                reply
+            }
+        }
+    }
+}
