@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Run every test of mailgrip on a fresh Debian machine (as root, as CI does):
+# installs what is missing (Postfix for the end-to-end test, the ONNX Runtime wheel, the
+# training venv), then runs the Rust tests, the real-Postfix end-to-end test and the
+# training smoke test. Exit status non-zero on any failure.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n==== %s\n' "$*"; }
+
+step "install: Postfix and SMTP tools"
+scripts/install-postfix.sh
+
+step "install: ONNX Runtime venv and release build"
+scripts/setup.sh
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "Rust unit and integration tests"
+cargo test --release --locked
+
+step "Postfix end-to-end (content filter, kill -9 mid-stream)"
+tests/postfix/e2e.sh
+
+if [ -f models/training/tests/test_smoke.py ]; then
+    step "training smoke test (tiny local BERT: fine-tune, export, ONNX == torch)"
+    scripts/setup-training.sh
+    models/training/.venv/bin/python -m pytest -q models/training/tests
+fi
