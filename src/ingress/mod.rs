@@ -127,6 +127,8 @@ pub async fn serve_smtp(
             .instrument(span),
         );
     }
+    // Stop listening at once: new clients get "connection refused" and the MTA tries later.
+    drop(listener);
     info!("SMTP listener stopped; waiting for sessions to finish");
     let all = u32::try_from(max).unwrap_or(u32::MAX);
     if tokio::time::timeout(grace, permits.acquire_many(all))
