@@ -20,10 +20,7 @@ use mailgrip::classify::manifest::VerifiedModel;
 use mailgrip::classify::onnx::OnnxBackend;
 
 fn arg(args: &[String], name: &str) -> Option<String> {
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .cloned()
+    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned()
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -38,39 +35,19 @@ fn main() {
         .map(|p| repo.join(p))
         .find(|p| p.join("manifest.toml").exists())
         .unwrap();
-    let model = arg(&args, "--model")
-        .map(PathBuf::from)
-        .unwrap_or(default_model);
-    let n: usize = arg(&args, "--messages")
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(400);
-    let conns: usize = arg(&args, "--connections")
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(8);
-    let corpus = arg(&args, "--corpus")
-        .map(PathBuf::from)
-        .unwrap_or(repo.join("models/corpus/eml"));
+    let model = arg(&args, "--model").map(PathBuf::from).unwrap_or(default_model);
+    let n: usize = arg(&args, "--messages").and_then(|s| s.parse().ok()).unwrap_or(400);
+    let conns: usize = arg(&args, "--connections").and_then(|s| s.parse().ok()).unwrap_or(8);
+    let corpus = arg(&args, "--corpus").map(PathBuf::from).unwrap_or(repo.join("models/corpus/eml"));
     let mut paths = vec![corpus.clone()];
     if !corpus.exists() {
         paths = vec![repo.join("tests/fixtures/mail")];
     }
     let inputs = mailgrip::cli::collect_inputs(&paths).unwrap();
-    let messages: Vec<Vec<u8>> = inputs
-        .iter()
-        .cycle()
-        .take(n)
-        .map(|i| i.raw.clone())
-        .collect();
-    println!(
-        "load: {n} messages from {} over {conns} connections, model {}",
-        paths[0].display(),
-        model.display()
-    );
+    let messages: Vec<Vec<u8>> = inputs.iter().cycle().take(n).map(|i| i.raw.clone()).collect();
+    println!("load: {n} messages from {} over {conns} connections, model {}", paths[0].display(), model.display());
 
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     let (e2e_rate, lat) = rt.block_on(async {
         let sink = Sink::start().await;
         let model = model.clone();
@@ -95,18 +72,8 @@ fn main() {
                 c.cmd("EHLO load").await.unwrap();
                 let mut lat = Vec::new();
                 for m in messages.iter().skip(k).step_by(conns) {
-                    assert!(
-                        c.cmd("MAIL FROM:<a@example.nl>")
-                            .await
-                            .unwrap()
-                            .starts_with("250")
-                    );
-                    assert!(
-                        c.cmd("RCPT TO:<b@example.nl>")
-                            .await
-                            .unwrap()
-                            .starts_with("250")
-                    );
+                    assert!(c.cmd("MAIL FROM:<a@example.nl>").await.unwrap().starts_with("250"));
+                    assert!(c.cmd("RCPT TO:<b@example.nl>").await.unwrap().starts_with("250"));
                     assert!(c.cmd("DATA").await.unwrap().starts_with("354"));
                     let stuffed = dot_stuff(m);
                     let t = Instant::now();
@@ -137,19 +104,13 @@ fn main() {
 
     // Raw ONNX Runtime on the same model and the same texts, one sequence per call, same threads.
     let verified = VerifiedModel::load(&model).unwrap();
-    let cores = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let mut backend = OnnxBackend::load(&verified, "", cores).unwrap();
     let seqs: Vec<Vec<u32>> = inputs
         .iter()
         .cycle()
         .take(n)
-        .map(|i| {
-            backend
-                .encode(&mailgrip::parse::extract(&i.raw).model_text())
-                .unwrap()
-        })
+        .map(|i| backend.encode(&mailgrip::parse::extract(&i.raw).model_text()).unwrap())
         .collect();
     for s in seqs.iter().take(10) {
         backend.logits(std::slice::from_ref(s)).unwrap();
@@ -160,9 +121,7 @@ fn main() {
     }
     let raw_rate = n as f64 / t.elapsed().as_secs_f64();
     let mean_tokens = seqs.iter().map(Vec::len).sum::<usize>() as f64 / n as f64;
-    println!(
-        "raw ONNX Runtime: {raw_rate:.1} seq/s (mean {mean_tokens:.0} tokens, batch 1, {cores} threads)"
-    );
+    println!("raw ONNX Runtime: {raw_rate:.1} seq/s (mean {mean_tokens:.0} tokens, batch 1, {cores} threads)");
     println!("ratio end-to-end / raw: {:.2}", e2e_rate / raw_rate);
     let _ = Duration::ZERO;
 }

@@ -24,14 +24,10 @@ fn model_dir() -> PathBuf {
 
 fn bench(c: &mut Criterion) {
     let fixtures = repo().join("tests/fixtures/mail");
-    let messages: Vec<(String, Vec<u8>)> = [
-        "multipart-alternative.eml",
-        "html-only.eml",
-        "attachments.eml",
-    ]
-    .iter()
-    .map(|n| (n.to_string(), std::fs::read(fixtures.join(n)).unwrap()))
-    .collect();
+    let messages: Vec<(String, Vec<u8>)> = ["multipart-alternative.eml", "html-only.eml", "attachments.eml"]
+        .iter()
+        .map(|n| (n.to_string(), std::fs::read(fixtures.join(n)).unwrap()))
+        .collect();
     let mut g = c.benchmark_group("parse");
     for (name, raw) in &messages {
         g.bench_with_input(BenchmarkId::from_parameter(name), raw, |b, raw| {
@@ -41,9 +37,7 @@ fn bench(c: &mut Criterion) {
     g.finish();
 
     let model = VerifiedModel::load(&model_dir()).unwrap();
-    let cores = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let mut backend = OnnxBackend::load(&model, "", cores).unwrap();
     let base = "Geachte heer De Vries, hierbij ontvangt u het besluit op uw aanvraag voor een omgevingsvergunning. ";
     let mut g = c.benchmark_group("tokenize");
@@ -54,23 +48,16 @@ fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group(format!("infer/{}", model.manifest.name));
     g.sample_size(20);
     for words in [16usize, 64, 160] {
-        let text: String = base
-            .split(' ')
-            .cycle()
-            .take(words)
-            .collect::<Vec<_>>()
-            .join(" ");
+        let text: String = base.split(' ').cycle().take(words).collect::<Vec<_>>().join(" ");
         let seq = backend.encode(&text).unwrap();
         let len = seq.len();
         g.bench_with_input(BenchmarkId::new("batch1_tokens", len), &seq, |b, seq| {
             b.iter(|| backend.logits(std::slice::from_ref(seq)).unwrap())
         });
         let batch = vec![seq.clone(); 8];
-        g.bench_with_input(
-            BenchmarkId::new("batch8_tokens", len),
-            &batch,
-            |b, batch| b.iter(|| backend.logits(batch).unwrap()),
-        );
+        g.bench_with_input(BenchmarkId::new("batch8_tokens", len), &batch, |b, batch| {
+            b.iter(|| backend.logits(batch).unwrap())
+        });
     }
     g.finish();
 }

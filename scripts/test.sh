@@ -8,8 +8,11 @@ cd "$(dirname "$0")/.."
 
 step() { printf '\n==== %s\n' "$*"; }
 
-step "install: Postfix and SMTP tools"
+step "install: Postfix and SMTP tools, xmllint (MDTO schema validation)"
 scripts/install-postfix.sh
+if ! command -v xmllint >/dev/null; then
+    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends libxml2-utils
+fi
 
 step "install: ONNX Runtime venv and release build"
 scripts/setup.sh

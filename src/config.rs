@@ -15,7 +15,10 @@ use std::time::Duration;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
+pub use crate::audit::AuditConfig;
 use crate::classify::LABELS;
+pub use crate::decide::{Action, PolicyConfig, PolicyMode, Strategy};
+pub use crate::mdto::MdtoConfig;
 
 /// The whole configuration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
@@ -24,6 +27,10 @@ pub struct Config {
     pub smtp: SmtpConfig,
     pub relay: RelayConfig,
     pub archive: ArchiveConfig,
+    pub policy: PolicyConfig,
+    pub review: ReviewConfig,
+    pub audit: AuditConfig,
+    pub mdto: MdtoConfig,
     pub model: ModelConfig,
     pub classify: ClassifyConfig,
     pub metrics: MetricsConfig,
@@ -126,8 +133,10 @@ pub struct ArchiveConfig {
     pub enabled: bool,
     /// Root of the filesystem archive; copies go to `dir/YYYY/MM/DD/<id>.eml` + `<id>.json`.
     pub dir: PathBuf,
-    /// Classes whose mail is copied to the archive.
+    /// Classes archived by the `classes` policy strategy (`policy.strategy = "classes"`).
     pub classes: Vec<String>,
+    /// Store for `archive-restricted` copies (stricter access), laid out like `dir`.
+    pub restricted_dir: PathBuf,
 }
 
 impl Default for ArchiveConfig {
@@ -136,7 +145,22 @@ impl Default for ArchiveConfig {
             enabled: true,
             dir: "var/archive".into(),
             classes: vec!["functioneel".into()],
+            restricted_dir: "var/archive-restricted".into(),
         }
+    }
+}
+
+/// The review queue: copies held until an archivist decides.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReviewConfig {
+    /// Folder of held copies (`<id>.eml` + `<id>.json`), readable by the service user only.
+    pub dir: PathBuf,
+}
+
+impl Default for ReviewConfig {
+    fn default() -> Self {
+        Self { dir: "var/review".into() }
     }
 }
 
@@ -195,9 +219,7 @@ pub struct ClassifyConfig {
 
 impl Default for ClassifyConfig {
     fn default() -> Self {
-        Self {
-            on_error: OnClassifyError::RelayUnclassified,
-        }
+        Self { on_error: OnClassifyError::RelayUnclassified }
     }
 }
 
@@ -210,9 +232,7 @@ pub struct MetricsConfig {
 
 impl Default for MetricsConfig {
     fn default() -> Self {
-        Self {
-            listen: "127.0.0.1:9925".into(),
-        }
+        Self { listen: "127.0.0.1:9925".into() }
     }
 }
 
@@ -234,10 +254,7 @@ pub struct LogConfig {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        Self {
-            format: LogFormat::Pretty,
-            level: "info".into(),
-        }
+        Self { format: LogFormat::Pretty, level: "info".into() }
     }
 }
 
@@ -248,21 +265,16 @@ pub enum ConfigError {
     Load(#[from] config::ConfigError),
     #[error("{key}: {problem}")]
     Invalid { key: &'static str, problem: String },
+    #[error("{0}")]
+    Mdto(String),
 }
 
 fn invalid(key: &'static str, problem: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid {
-        key,
-        problem: problem.into(),
-    }
+    ConfigError::Invalid { key, problem: problem.into() }
 }
 
 /// Keys whose environment form is a comma-separated list.
-const LIST_KEYS: &[&str] = &[
-    "smtp.allowed_clients",
-    "smtp.xforward_clients",
-    "archive.classes",
-];
+const LIST_KEYS: &[&str] = &["smtp.allowed_clients", "smtp.xforward_clients", "archive.classes"];
 
 impl Config {
     /// Load defaults, then `file` (if any), then `MAILGRIP__*` environment variables.
@@ -280,10 +292,7 @@ impl Config {
         if let Some(file) = file {
             builder = builder.add_source(config::File::from(file).required(true));
         }
-        let env: config::Map<String, String> = env
-            .into_iter()
-            .filter(|(k, _)| k.starts_with("MAILGRIP__"))
-            .collect();
+        let env: config::Map<String, String> = env.into_iter().filter(|(k, _)| k.starts_with("MAILGRIP__")).collect();
         let mut source = config::Environment::with_prefix("MAILGRIP")
             .prefix_separator("__")
             .separator("__")
@@ -303,12 +312,8 @@ impl Config {
         parse_addr("smtp.listen", &self.smtp.listen)?;
         parse_nets("smtp.allowed_clients", &self.smtp.allowed_clients)?;
         parse_nets("smtp.xforward_clients", &self.smtp.xforward_clients)?;
-        if self.smtp.hostname.trim().is_empty() || self.smtp.hostname.contains(char::is_whitespace)
-        {
-            return Err(invalid(
-                "smtp.hostname",
-                "must be a host name without spaces",
-            ));
+        if self.smtp.hostname.trim().is_empty() || self.smtp.hostname.contains(char::is_whitespace) {
+            return Err(invalid("smtp.hostname", "must be a host name without spaces"));
         }
         positive("smtp.max_message_size", self.smtp.max_message_size as u64)?;
         positive("smtp.max_recipients", self.smtp.max_recipients as u64)?;
@@ -318,22 +323,13 @@ impl Config {
         match self.relay.mode {
             RelayMode::Smtp => {
                 if self.relay.next_hop.trim().is_empty() {
-                    return Err(invalid(
-                        "relay.next_hop",
-                        "required when relay.mode = \"smtp\"",
-                    ));
+                    return Err(invalid("relay.next_hop", "required when relay.mode = \"smtp\""));
                 }
                 if !self.relay.next_hop.contains(':') {
-                    return Err(invalid(
-                        "relay.next_hop",
-                        format!("{:?} must be host:port", self.relay.next_hop),
-                    ));
+                    return Err(invalid("relay.next_hop", format!("{:?} must be host:port", self.relay.next_hop)));
                 }
                 if self.relay.next_hop == self.smtp.listen {
-                    return Err(invalid(
-                        "relay.next_hop",
-                        "equals smtp.listen: mail would loop",
-                    ));
+                    return Err(invalid("relay.next_hop", "equals smtp.listen: mail would loop"));
                 }
             }
             RelayMode::Dir => {
@@ -342,16 +338,10 @@ impl Config {
                 }
             }
         }
-        positive(
-            "relay.connect_timeout_secs",
-            self.relay.connect_timeout_secs,
-        )?;
+        positive("relay.connect_timeout_secs", self.relay.connect_timeout_secs)?;
         positive("relay.reply_timeout_secs", self.relay.reply_timeout_secs)?;
         if self.archive.enabled && self.archive.dir.as_os_str().is_empty() {
-            return Err(invalid(
-                "archive.dir",
-                "required when archive.enabled = true",
-            ));
+            return Err(invalid("archive.dir", "required when archive.enabled = true"));
         }
         for class in &self.archive.classes {
             if !LABELS.contains(&class.as_str()) {
@@ -361,6 +351,30 @@ impl Config {
                 ));
             }
         }
+        if self.archive.enabled && self.archive.restricted_dir.as_os_str().is_empty() {
+            return Err(invalid("archive.restricted_dir", "required when archive.enabled = true"));
+        }
+        if self.review.dir.as_os_str().is_empty() {
+            return Err(invalid("review.dir", "required"));
+        }
+        for row in self.policy.costs.rows() {
+            for a in Action::ALL {
+                let c = row.get(a);
+                if !(c.is_finite() && c >= 0.0) {
+                    return Err(invalid("policy.costs", format!("costs must be finite and >= 0, found {c}")));
+                }
+            }
+        }
+        if self.mdto.enabled {
+            self.mdto.validate(&LABELS).map_err(|e| ConfigError::Mdto(e.to_string()))?;
+        }
+        if self.audit.enabled && self.audit.path.as_os_str().is_empty() {
+            return Err(invalid("audit.path", "required when audit.enabled = true"));
+        }
+        if self.audit.enabled && self.audit.review_path == self.audit.path {
+            return Err(invalid("audit.review_path", "must differ from audit.path (each chain has one writer)"));
+        }
+        positive("audit.max_bytes", self.audit.max_bytes)?;
         if self.model.dir.as_os_str().is_empty() {
             return Err(invalid("model.dir", "required"));
         }
@@ -369,19 +383,13 @@ impl Config {
         positive("model.max_batch", self.model.max_batch as u64)?;
         positive("model.queue_timeout_ms", self.model.queue_timeout_ms)?;
         if self.model.batch_window_us > 100_000 {
-            return Err(invalid(
-                "model.batch_window_us",
-                "over 100000 (100 ms) would delay every message",
-            ));
+            return Err(invalid("model.batch_window_us", "over 100000 (100 ms) would delay every message"));
         }
         if !self.metrics.listen.is_empty() {
             parse_addr("metrics.listen", &self.metrics.listen)?;
         }
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
-            return Err(invalid(
-                "log.level",
-                format!("{:?} is not a valid filter", self.log.level),
-            ));
+            return Err(invalid("log.level", format!("{:?} is not a valid filter", self.log.level)));
         }
         Ok(())
     }
@@ -409,16 +417,11 @@ impl SmtpConfig {
 }
 
 fn positive(key: &'static str, v: u64) -> Result<(), ConfigError> {
-    if v == 0 {
-        Err(invalid(key, "must be greater than 0"))
-    } else {
-        Ok(())
-    }
+    if v == 0 { Err(invalid(key, "must be greater than 0")) } else { Ok(()) }
 }
 
 fn parse_addr(key: &'static str, v: &str) -> Result<SocketAddr, ConfigError> {
-    v.parse()
-        .map_err(|_| invalid(key, format!("{v:?} is not an ip:port address")))
+    v.parse().map_err(|_| invalid(key, format!("{v:?} is not an ip:port address")))
 }
 
 fn parse_nets(key: &'static str, list: &[String]) -> Result<Vec<IpNet>, ConfigError> {
@@ -437,10 +440,7 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
     }
 
     #[test]
@@ -472,22 +472,13 @@ mod tests {
 
     #[test]
     fn errors_name_the_key() {
-        let err = Config::load_with_env(None, env(&[("MAILGRIP__SMTP__LISTEN", "nonsense")]))
-            .unwrap_err();
+        let err = Config::load_with_env(None, env(&[("MAILGRIP__SMTP__LISTEN", "nonsense")])).unwrap_err();
         assert!(err.to_string().starts_with("smtp.listen:"), "{err}");
-        let err = Config::load_with_env(None, env(&[("MAILGRIP__ARCHIVE__CLASSES", "spam")]))
-            .unwrap_err();
+        let err = Config::load_with_env(None, env(&[("MAILGRIP__ARCHIVE__CLASSES", "spam")])).unwrap_err();
         assert!(err.to_string().contains("archive.classes"), "{err}");
         let err = Config::load_with_env(None, env(&[("MAILGRIP__SMTP__BOGUS", "1")])).unwrap_err();
         assert!(err.to_string().contains("bogus"), "{err}");
-        let err = Config::load_with_env(
-            None,
-            env(&[("MAILGRIP__SMTP__ALLOWED_CLIENTS", "10.0.0.0/33")]),
-        )
-        .unwrap_err();
-        assert!(
-            err.to_string().starts_with("smtp.allowed_clients:"),
-            "{err}"
-        );
+        let err = Config::load_with_env(None, env(&[("MAILGRIP__SMTP__ALLOWED_CLIENTS", "10.0.0.0/33")])).unwrap_err();
+        assert!(err.to_string().starts_with("smtp.allowed_clients:"), "{err}");
     }
 }

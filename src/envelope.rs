@@ -21,9 +21,6 @@ pub struct Envelope {
 impl Envelope {
     /// The MTA's queue id when it sent one with `XFORWARD IDENT=`.
     pub fn queue_id(&self) -> Option<&str> {
-        self.xforward
-            .iter()
-            .find(|(k, _)| k == "IDENT")
-            .map(|(_, v)| v.as_str())
+        self.xforward.iter().find(|(k, _)| k == "IDENT").map(|(_, v)| v.as_str())
     }
 }

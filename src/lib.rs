@@ -26,15 +26,18 @@
 //! - [`config`]: layered, validated configuration.
 
 pub mod archive;
+pub mod audit;
 pub mod classify;
 pub mod cli;
 pub mod config;
 pub mod decide;
 pub mod envelope;
 pub mod ingress;
+pub mod mdto;
 pub mod parse;
 pub mod pipeline;
 pub mod relay;
+pub mod review;
 pub mod tag;
 pub mod telemetry;
 
@@ -67,11 +70,7 @@ pub enum StartError {
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
 /// Load the model, then serve SMTP and metrics until `shutdown` is cancelled.
-pub async fn run(
-    cfg: Config,
-    listeners: Listeners,
-    shutdown: CancellationToken,
-) -> Result<(), StartError> {
+pub async fn run(cfg: Config, listeners: Listeners, shutdown: CancellationToken) -> Result<(), StartError> {
     let metrics = Arc::new(Metrics::new());
     let model_cfg = cfg.model.clone();
     let m = metrics.clone();
@@ -79,7 +78,9 @@ pub async fn run(
         .await
         .map_err(|e| StartError::Other(e.to_string()))??;
     tracing::info!(model = %classifier.info().id(), kind = %classifier.info().kind, sha256 = %classifier.info().sha256, "model loaded");
-    let gateway = Arc::new(Gateway::new(&cfg, classifier, metrics.clone()));
+    let gateway = Arc::new(
+        Gateway::new(&cfg, classifier, metrics.clone()).map_err(|e| StartError::Other(format!("audit trail: {e}")))?,
+    );
 
     let mut tasks = tokio::task::JoinSet::new();
     if let Some(listener) = listeners.metrics {
@@ -88,23 +89,25 @@ pub async fn run(
             let g = g.clone();
             Box::pin(async move { g.relay.probe().await.map_err(|e| format!("next hop: {e}")) })
         });
-        tasks.spawn(telemetry::serve_http(
-            listener,
-            metrics.clone(),
-            ready,
-            shutdown.clone(),
-        ));
+        let g = gateway.clone();
+        let refresh: telemetry::Refresh = Arc::new(move |m: &Metrics| {
+            let (depth, oldest) = g.review.depth_and_oldest();
+            m.review_queue_depth.set(depth as i64);
+            m.review_oldest_seconds.set(oldest as i64);
+            let mut counts = std::collections::HashMap::<(String, String), i64>::new();
+            for d in g.review.decisions().unwrap_or_default() {
+                *counts.entry((d.predicted, d.corrected)).or_default() += 1;
+            }
+            for ((predicted, corrected), n) in counts {
+                m.review_overrides.with_label_values(&[&predicted, &corrected]).set(n);
+            }
+        });
+        tasks.spawn(telemetry::serve_http(listener, metrics.clone(), ready, refresh, shutdown.clone()));
     }
     let settings = Arc::new(ingress::IngressSettings::new(&cfg));
     tracing::info!(smtp = %listeners.smtp.local_addr().map(|a| a.to_string()).unwrap_or_default(),
                    relay = gateway.relay.mode(), "accepting mail");
-    tasks.spawn(ingress::serve_smtp(
-        listeners.smtp,
-        settings,
-        gateway,
-        shutdown.clone(),
-        SHUTDOWN_GRACE,
-    ));
+    tasks.spawn(ingress::serve_smtp(listeners.smtp, settings, gateway, shutdown.clone(), SHUTDOWN_GRACE));
     while tasks.join_next().await.is_some() {}
     Ok(())
 }

@@ -51,16 +51,9 @@ enum Command {
 fn init_tracing(cfg: &Config) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cfg.log.level));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match cfg.log.format {
-        LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(true)
-            .with_span_list(false)
-            .init(),
+        LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).with_span_list(false).init(),
         LogFormat::Pretty => builder.compact().init(),
     }
 }
@@ -86,10 +79,7 @@ fn real_main() -> anyhow::Result<()> {
         Command::Extract { paths, format: _ } => cli::extract(&paths),
         Command::Classify { paths, format } => {
             init_tracing(&Config {
-                log: mailgrip::config::LogConfig {
-                    level: "warn".into(),
-                    ..cfg.log.clone()
-                },
+                log: mailgrip::config::LogConfig { level: "warn".into(), ..cfg.log.clone() },
                 ..cfg.clone()
             });
             runtime()?.block_on(cli::classify(&cfg, &paths, format))
@@ -102,15 +92,12 @@ fn real_main() -> anyhow::Result<()> {
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?)
+    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
 }
 
 async fn serve(cfg: Config) -> anyhow::Result<()> {
-    let smtp = TcpListener::bind(cfg.smtp_listen())
-        .await
-        .with_context(|| format!("smtp.listen {}", cfg.smtp.listen))?;
+    let smtp =
+        TcpListener::bind(cfg.smtp_listen()).await.with_context(|| format!("smtp.listen {}", cfg.smtp.listen))?;
     let metrics = if cfg.metrics.listen.is_empty() {
         None
     } else {
@@ -123,8 +110,8 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let token = shutdown.clone();
     tokio::spawn(async move {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("SIGTERM handler");
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
         tokio::select! {
             _ = term.recv() => {},
             _ = tokio::signal::ctrl_c() => {},

@@ -12,13 +12,16 @@ use std::time::Instant;
 use tracing::{Instrument, info, info_span, warn};
 
 use crate::archive::{Archive, Sidecar};
+use crate::audit::{AuditLog, Entry};
 use crate::classify::{Classifier, Scores};
 use crate::config::{Config, OnClassifyError};
-use crate::decide::{Action, Decision, Policy};
+use crate::decide::{Action, Decision, Policy, PolicyMode};
 use crate::envelope::Envelope;
 use crate::ingress::reply::SmtpReply;
+use crate::mdto::MdtoConfig;
 use crate::parse;
 use crate::relay::{Relay, RelayError};
+use crate::review::ReviewQueue;
 use crate::tag::{Tags, tag};
 use crate::telemetry::Metrics;
 
@@ -27,20 +30,45 @@ pub struct Gateway {
     pub classifier: Classifier,
     pub policy: Policy,
     pub relay: Relay,
-    pub archive: Option<Archive>,
+    /// The general archive, the restricted archive and the review queue's store.
+    pub archive: Archive,
+    pub restricted: Archive,
+    pub review: ReviewQueue,
+    review_store: Archive,
     pub metrics: Arc<Metrics>,
     pub on_classify_error: OnClassifyError,
+    /// Every decision is recorded here before the client gets an answer.
+    pub audit: AuditLog,
+    pub mdto: MdtoConfig,
 }
 
 impl Gateway {
-    pub fn new(cfg: &Config, classifier: Classifier, metrics: Arc<Metrics>) -> Gateway {
-        Gateway {
+    pub fn new(cfg: &Config, classifier: Classifier, metrics: Arc<Metrics>) -> std::io::Result<Gateway> {
+        Ok(Gateway {
+            audit: AuditLog::open(&cfg.audit)?,
+            mdto: cfg.mdto.clone(),
             classifier,
-            policy: Policy::new(&cfg.archive),
+            policy: Policy::new(&cfg.policy, &cfg.archive),
             relay: Relay::new(&cfg.relay),
-            archive: cfg.archive.enabled.then(|| Archive::new(&cfg.archive.dir)),
+            archive: Archive::new(&cfg.archive.dir),
+            restricted: Archive::new(&cfg.archive.restricted_dir),
+            review: ReviewQueue::new(&cfg.review.dir),
+            review_store: Archive::flat(&cfg.review.dir),
             metrics,
             on_classify_error: cfg.classify.on_error,
+        })
+    }
+
+    /// Where the copy for `action` goes; none in shadow mode.
+    fn store_for(&self, action: Action) -> Option<&Archive> {
+        if self.policy.mode() == PolicyMode::Shadow {
+            return None;
+        }
+        match action {
+            Action::Archive => Some(&self.archive),
+            Action::ArchiveRestricted => Some(&self.restricted),
+            Action::Review => Some(&self.review_store),
+            Action::None => None,
         }
     }
 
@@ -50,9 +78,7 @@ impl Gateway {
         let span = info_span!("message", id = %id, queue_id = env.queue_id().unwrap_or("-"), size = raw.len(), rcpts = env.rcpt_to.len());
         let started = Instant::now();
         let reply = self.process_inner(&id, env, raw).instrument(span).await;
-        self.metrics
-            .processing_seconds
-            .observe(started.elapsed().as_secs_f64());
+        self.metrics.processing_seconds.observe(started.elapsed().as_secs_f64());
         reply
     }
 
@@ -86,13 +112,8 @@ impl Gateway {
                     warn!(error = %e, "classification failed");
                     match self.on_classify_error {
                         OnClassifyError::Tempfail => {
-                            m.messages
-                                .with_label_values(&["unclassified", "tempfailed"])
-                                .inc();
-                            return SmtpReply::new(
-                                451,
-                                "4.3.0 classifier unavailable, try again later",
-                            );
+                            m.messages.with_label_values(&["unclassified", "tempfailed"]).inc();
+                            return SmtpReply::new(451, "4.3.0 classifier unavailable, try again later");
                         }
                         OnClassifyError::RelayUnclassified => {
                             (self.policy.unclassified(&format!("classify: {e}")), None)
@@ -109,16 +130,43 @@ impl Gateway {
             id: id.to_string(),
             action: decision.action.as_str().to_string(),
             reason: scores.is_none().then(|| decision.reason.clone()),
+            policy: format!("{} {}", self.policy.version(), self.policy.mode().as_str()),
         };
         let now = time::OffsetDateTime::now_utc();
-        let archive_copy = decision.action == Action::Archive && self.archive.is_some();
+        let mode = self.policy.mode().as_str();
+        m.decisions.with_label_values(&[decision.action.as_str(), mode]).inc();
+        // The decision is on record (fsynced) before anything is routed or answered.
+        let entry = Entry {
+            kind: "decision".into(),
+            id: id.to_string(),
+            message_id_hash: extracted.message_id.as_deref().map(|mid| self.audit.hash_message_id(mid)),
+            model: Some(model.name.clone()),
+            model_version: Some(model.version.clone()),
+            model_sha256: Some(model.sha256.clone()),
+            scores: scores
+                .map(|s| crate::classify::LABELS.iter().zip(s.0).map(|(l, p)| (l.to_string(), p as f64)).collect()),
+            policy_version: Some(self.policy.version().to_string()),
+            class: decision.class.clone(),
+            action: decision.action.as_str().to_string(),
+            mode: mode.to_string(),
+            reason: Some(decision.reason.clone()),
+            reviewer: None,
+            corrected_class: None,
+        };
+        if let Err(e) = self.audit.append(entry).await {
+            m.error("audit", "write");
+            warn!(error = %e, "audit trail not writable; deferring");
+            m.messages.with_label_values(&[&decision.class, "tempfailed"]).inc();
+            return SmtpReply::new(451, "4.3.0 audit trail unavailable, try again later");
+        }
+        let archive_copy = self.store_for(decision.action).is_some();
         let this = self.clone();
         let (id_owned, env_owned, decision_owned) = (id.to_string(), env.clone(), decision.clone());
         // Tagging copies the message and staging fsyncs it: both off the async workers.
         let staged = tokio::task::spawn_blocking(move || {
             let (tagged, forged) = tag(&raw, &tags);
             let staged = if archive_copy {
-                let archive = this.archive.as_ref().expect("checked");
+                let archive = this.store_for(decision_owned.action).expect("checked");
                 let mut sidecar = Sidecar {
                     id: &id_owned,
                     class: &decision_owned.class,
@@ -128,15 +176,41 @@ impl Gateway {
                     model: &model.name,
                     model_version: &model.version,
                     model_sha256: &model.sha256,
-                    time: now
-                        .format(&time::format_description::well_known::Rfc3339)
-                        .unwrap_or_default(),
+                    time: now.format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
                     envelope: &env_owned,
                     message_id: extracted.message_id.as_deref(),
                     sha256: String::new(),
                     size: 0,
                 };
-                Some(archive.stage(&id_owned, now, &tagged, &mut sidecar))
+                let restricted = decision_owned.action == Action::ArchiveRestricted;
+                let mdto_wanted = matches!(decision_owned.action, Action::Archive | Action::ArchiveRestricted);
+                let model_id = model.id();
+                let sent = extracted
+                    .date
+                    .as_deref()
+                    .and_then(|d| time::OffsetDateTime::parse(d, &time::format_description::well_known::Rfc3339).ok());
+                let eml_file = format!("{id_owned}.eml");
+                let extras = |sha: &str, size: usize| {
+                    if !mdto_wanted {
+                        return Vec::new();
+                    }
+                    let record = crate::mdto::Record {
+                        id: &id_owned,
+                        message_id: extracted.message_id.as_deref(),
+                        subject: &extracted.subject,
+                        class: &decision_owned.class,
+                        model: &model_id,
+                        sent,
+                        archived: now,
+                        eml_file: &eml_file,
+                        size: size as u64,
+                        sha256: sha,
+                        restricted,
+                        restriction_reason: restricted.then_some(decision_owned.reason.as_str()),
+                    };
+                    crate::archive::mdto_files(&this.mdto, &record)
+                };
+                Some(archive.stage(&id_owned, now, &tagged, &mut sidecar, &extras))
             } else {
                 None
             };
@@ -148,14 +222,10 @@ impl Gateway {
                 let _ = (tagged, forged);
                 m.error("archive", "stage");
                 warn!(error = %e, "archive copy could not be written; deferring");
-                m.messages
-                    .with_label_values(&[&decision.class, "tempfailed"])
-                    .inc();
+                m.messages.with_label_values(&[&decision.class, "tempfailed"]).inc();
                 return SmtpReply::new(451, "4.3.0 archive store unavailable, try again later");
             }
-            Ok((tagged, forged, staged)) => {
-                (tagged, forged, staged.map(|s| s.expect("matched above")))
-            }
+            Ok((tagged, forged, staged)) => (tagged, forged, staged.map(|s| s.expect("matched above"))),
             Err(e) => {
                 m.error("tag", "panic");
                 warn!(error = %e, "tagging crashed");
@@ -164,16 +234,10 @@ impl Gateway {
         };
         if forged > 0 {
             m.error("tag", "forged_header_removed");
-            warn!(
-                removed = forged,
-                "removed X-Mailgrip headers that arrived from outside"
-            );
+            warn!(removed = forged, "removed X-Mailgrip headers that arrived from outside");
         }
 
-        let relay_timer = m
-            .relay_seconds
-            .with_label_values(&[self.relay.mode()])
-            .start_timer();
+        let relay_timer = m.relay_seconds.with_label_values(&[self.relay.mode()]).start_timer();
         let relayed = self.relay.send(id, &env, &tagged).await;
         relay_timer.observe_duration();
         let scores_log = scores.map(|s| s.header_value()).unwrap_or_default();
@@ -181,7 +245,7 @@ impl Gateway {
             Ok(remote) => {
                 if let Some(staged) = staged {
                     match tokio::task::spawn_blocking(move || staged.commit()).await {
-                        Ok(Ok(_)) => m.archived.with_label_values(&[&decision.class]).inc(),
+                        Ok(Ok(_)) => m.archived.with_label_values(&[decision.action.as_str()]).inc(),
                         other => {
                             // Delivered already: answering 4xx now would deliver twice. The staged
                             // copy stays on disk under archive.dir/.tmp for recovery.
@@ -190,19 +254,10 @@ impl Gateway {
                         }
                     }
                 }
-                m.messages
-                    .with_label_values(&[&decision.class, "relayed"])
-                    .inc();
-                info!(class = %decision.class, action = decision.action.as_str(), scores = %scores_log,
+                m.messages.with_label_values(&[&decision.class, "relayed"]).inc();
+                info!(class = %decision.class, action = decision.action.as_str(), mode, policy = %self.policy.version(), scores = %scores_log,
                       model = %self.classifier.info().id(), reason = %decision.reason, next_hop = %remote.text, "relayed");
-                SmtpReply::new(
-                    250,
-                    format!(
-                        "2.0.0 Ok: {id} {} {}",
-                        decision.class,
-                        decision.action.as_str()
-                    ),
-                )
+                SmtpReply::new(250, format!("2.0.0 Ok: {id} {} {}", decision.class, decision.action.as_str()))
             }
             Err(e) => {
                 if let Some(staged) = staged {
@@ -211,17 +266,12 @@ impl Gateway {
                 m.error("relay", e.kind());
                 let (outcome, reply) = match &e {
                     RelayError::Refused(r) => ("rejected", SmtpReply::new(r.code, r.text.clone())),
-                    RelayError::Deferred(r) => {
-                        ("tempfailed", SmtpReply::new(r.code, r.text.clone()))
+                    RelayError::Deferred(r) => ("tempfailed", SmtpReply::new(r.code, r.text.clone())),
+                    RelayError::Unreachable(_) | RelayError::Io(_) => {
+                        ("tempfailed", SmtpReply::new(451, "4.4.1 next hop unavailable, try again later"))
                     }
-                    RelayError::Unreachable(_) | RelayError::Io(_) => (
-                        "tempfailed",
-                        SmtpReply::new(451, "4.4.1 next hop unavailable, try again later"),
-                    ),
                 };
-                m.messages
-                    .with_label_values(&[&decision.class, outcome])
-                    .inc();
+                m.messages.with_label_values(&[&decision.class, outcome]).inc();
                 warn!(class = %decision.class, error = %e, outcome, "not relayed");
                 reply
             }

@@ -17,6 +17,8 @@ pub struct Tags {
     pub action: String,
     /// Why a message is `unclassified`.
     pub reason: Option<String>,
+    /// Policy version and mode, e.g. `cost-1a2b3c4d5e6f enforce`.
+    pub policy: String,
 }
 
 impl Tags {
@@ -36,6 +38,7 @@ impl Tags {
         field("Model", &self.model);
         field("Id", &self.id);
         field("Action", &self.action);
+        field("Policy", &self.policy);
         if let Some(reason) = &self.reason {
             field("Reason", reason);
         }
@@ -45,17 +48,7 @@ impl Tags {
 
 /// ASCII only, no line breaks, bounded: a header value nobody can use to inject fields.
 fn header_safe(value: &str) -> String {
-    value
-        .chars()
-        .map(|c| {
-            if c.is_ascii_graphic() || c == ' ' {
-                c
-            } else {
-                '?'
-            }
-        })
-        .take(200)
-        .collect()
+    value.chars().map(|c| if c.is_ascii_graphic() || c == ' ' { c } else { '?' }).take(200).collect()
 }
 
 /// The tagged message: our headers, then the original with foreign `X-Mailgrip-*` fields removed.
@@ -69,10 +62,7 @@ pub fn tag(raw: &[u8], tags: &Tags) -> (Vec<u8>, usize) {
     let mut skipping = false;
     let mut pos = 0;
     while pos < header_end {
-        let line_end = raw[pos..header_end]
-            .iter()
-            .position(|&b| b == b'\n')
-            .map_or(header_end, |i| pos + i + 1);
+        let line_end = raw[pos..header_end].iter().position(|&b| b == b'\n').map_or(header_end, |i| pos + i + 1);
         let line = &raw[pos..line_end];
         let continuation = matches!(line.first(), Some(b' ' | b'\t'));
         if !continuation {
@@ -100,10 +90,7 @@ fn is_ours(line: &[u8]) -> bool {
 fn header_block_len(raw: &[u8]) -> usize {
     let mut pos = 0;
     while pos < raw.len() {
-        let line_end = raw[pos..]
-            .iter()
-            .position(|&b| b == b'\n')
-            .map_or(raw.len(), |i| pos + i + 1);
+        let line_end = raw[pos..].iter().position(|&b| b == b'\n').map_or(raw.len(), |i| pos + i + 1);
         let line = &raw[pos..line_end];
         let content = line.strip_suffix(b"\n").unwrap_or(line);
         let content = content.strip_suffix(b"\r").unwrap_or(content);
@@ -135,6 +122,7 @@ mod tests {
             id: "abc".into(),
             action: "none".into(),
             reason: None,
+            policy: "p enforce".into(),
         }
     }
 
@@ -144,7 +132,7 @@ mod tests {
         let (out, removed) = tag(raw, &tags());
         assert_eq!(removed, 0);
         let text = String::from_utf8(out).unwrap();
-        assert!(text.starts_with("X-Mailgrip-Class: prive\r\nX-Mailgrip-Scores: functioneel=0.1000\r\nX-Mailgrip-Model: m@1\r\nX-Mailgrip-Id: abc\r\nX-Mailgrip-Action: none\r\n"));
+        assert!(text.starts_with("X-Mailgrip-Class: prive\r\nX-Mailgrip-Scores: functioneel=0.1000\r\nX-Mailgrip-Model: m@1\r\nX-Mailgrip-Id: abc\r\nX-Mailgrip-Action: none\r\nX-Mailgrip-Policy: p enforce\r\n"));
         assert!(text.ends_with(std::str::from_utf8(raw).unwrap()));
     }
 
@@ -154,11 +142,7 @@ mod tests {
         let (out, removed) = tag(raw, &tags());
         assert_eq!(removed, 2);
         let text = String::from_utf8(out).unwrap();
-        assert_eq!(
-            text.matches("X-Mailgrip-Class:").count(),
-            2,
-            "ours + the one in the body"
-        );
+        assert_eq!(text.matches("X-Mailgrip-Class:").count(), 2, "ours + the one in the body");
         assert!(text.contains("From: a@b\r\nSubject: s\r\n\r\nX-Mailgrip-Class: body\r\n"));
         assert!(!text.contains("folded"));
     }
@@ -175,7 +159,7 @@ mod tests {
     #[test]
     fn message_without_headers_or_body() {
         let (out, _) = tag(b"", &tags());
-        assert!(out.ends_with(b"X-Mailgrip-Action: none\r\n"));
+        assert!(out.ends_with(b"X-Mailgrip-Policy: p enforce\r\n"));
         let (out, removed) = tag(b"just text, no header\r\n", &tags());
         assert_eq!(removed, 0);
         assert!(out.ends_with(b"just text, no header\r\n"));

@@ -20,14 +20,8 @@ fn broken_model(dir: &Path) {
     let tok_bytes = serde_json::to_vec(&tok).unwrap();
     std::fs::write(dir.join("tokenizer.json"), &tok_bytes).unwrap();
     let manifest = std::fs::read_to_string(tiny.join("manifest.toml")).unwrap();
-    let old = manifest
-        .lines()
-        .find(|l| l.starts_with("\"tokenizer.json\""))
-        .unwrap();
-    let new = format!(
-        "\"tokenizer.json\" = \"{}\"",
-        hex::encode(Sha256::digest(&tok_bytes))
-    );
+    let old = manifest.lines().find(|l| l.starts_with("\"tokenizer.json\"")).unwrap();
+    let new = format!("\"tokenizer.json\" = \"{}\"", hex::encode(Sha256::digest(&tok_bytes)));
     std::fs::write(dir.join("manifest.toml"), manifest.replace(old, &new)).unwrap();
 }
 
@@ -42,10 +36,6 @@ async fn classifier_failure_relays_unclassified_by_default() {
     let dir = model.path().to_path_buf();
     let gw = start(Some(sink.addr), move |c| {
         c.model.dir = dir;
-        c.archive.classes = mailgrip::classify::LABELS
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
     })
     .await;
     let mut c = Client::connect(gw.smtp).await.unwrap();
@@ -53,40 +43,25 @@ async fn classifier_failure_relays_unclassified_by_default() {
     let r = c.transaction("a@example.nl", &["b@example.nl"], BAD).await;
     assert!(r.starts_with("250"), "{r}");
     let r = c.transaction("a@example.nl", &["b@example.nl"], GOOD).await;
-    assert!(
-        r.starts_with("250"),
-        "a failure does not poison the worker: {r}"
-    );
+    assert!(r.starts_with("250"), "a failure does not poison the worker: {r}");
     let got = sink.wait_for(2).await;
     let (tags, rest) = split_tags(&got[0].data);
     assert_eq!(tags[0], "X-Mailgrip-Class: unclassified");
+    assert!(tags.iter().any(|t| t.starts_with("X-Mailgrip-Reason: classify: model: inference")), "{tags:?}");
     assert!(
-        tags.iter()
-            .any(|t| t.starts_with("X-Mailgrip-Reason: classify: model: inference")),
-        "{tags:?}"
+        tags.iter().any(|t| t == "X-Mailgrip-Action: review"),
+        "unclassified mail is held for a person, not archived automatically: {tags:?}"
     );
-    assert!(
-        tags.iter().any(|t| t == "X-Mailgrip-Action: none"),
-        "unclassified mail is not archived automatically"
-    );
+    let held = gw.dir.path().join("review");
+    let id = tags.iter().find_map(|t| t.strip_prefix("X-Mailgrip-Id: ")).unwrap();
+    assert_eq!(std::fs::read(held.join(format!("{id}.eml"))).unwrap(), got[0].data, "held copy = relayed message");
     assert!(!tags.iter().any(|t| t.starts_with("X-Mailgrip-Scores")));
     assert_eq!(rest, BAD);
     let (tags, _) = split_tags(&got[1].data);
     assert_ne!(tags[0], "X-Mailgrip-Class: unclassified");
     let m = gw.metrics_text().await;
-    assert_eq!(
-        metric_sum(&m, "mailgrip_errors_total", "stage=\"classify\""),
-        1.0
-    );
-    assert_eq!(
-        metric_sum(
-            &m,
-            "mailgrip_messages_total",
-            "class=\"unclassified\",outcome=\"relayed\""
-        ),
-        1.0,
-        "{m}"
-    );
+    assert_eq!(metric_sum(&m, "mailgrip_errors_total", "stage=\"classify\""), 1.0);
+    assert_eq!(metric_sum(&m, "mailgrip_messages_total", "class=\"unclassified\",outcome=\"relayed\""), 1.0, "{m}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -105,10 +80,7 @@ async fn classifier_failure_can_tempfail_instead_never_5xx() {
     let r = c.transaction("a@example.nl", &["b@example.nl"], BAD).await;
     assert!(r.starts_with("451 4.3.0"), "{r}");
     tokio::time::sleep(Duration::from_millis(100)).await;
-    assert!(
-        sink.messages().is_empty(),
-        "a tempfailed message is not relayed"
-    );
+    assert!(sink.messages().is_empty(), "a tempfailed message is not relayed");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -117,18 +89,8 @@ async fn shutdown_finishes_the_transaction_then_says_421() {
     let gw = start(Some(sink.addr), |_| {}).await;
     let mut c = Client::connect(gw.smtp).await.unwrap();
     c.cmd("EHLO x").await.unwrap();
-    assert!(
-        c.cmd("MAIL FROM:<a@example.nl>")
-            .await
-            .unwrap()
-            .starts_with("250")
-    );
-    assert!(
-        c.cmd("RCPT TO:<b@example.nl>")
-            .await
-            .unwrap()
-            .starts_with("250")
-    );
+    assert!(c.cmd("MAIL FROM:<a@example.nl>").await.unwrap().starts_with("250"));
+    assert!(c.cmd("RCPT TO:<b@example.nl>").await.unwrap().starts_with("250"));
     assert!(c.cmd("DATA").await.unwrap().starts_with("354"));
     // Shutdown arrives mid-transaction: the message in flight is still taken.
     gw.shutdown.cancel();

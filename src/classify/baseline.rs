@@ -58,17 +58,10 @@ static WORD: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"\b\w\w+\b").unwrap(
 impl BaselineBackend {
     pub fn load(model: &VerifiedModel) -> Result<Self, ClassifyError> {
         let path = model.file(&model.manifest.baseline.weights);
-        let bad =
-            |e: &dyn std::fmt::Display| ClassifyError::Model(format!("{}: {e}", path.display()));
+        let bad = |e: &dyn std::fmt::Display| ClassifyError::Model(format!("{}: {e}", path.display()));
         let file = std::fs::File::open(&path).map_err(|e| bad(&e))?;
-        let weights: Weights =
-            serde_json::from_reader(std::io::BufReader::new(file)).map_err(|e| bad(&e))?;
-        if weights.classes.iter().map(String::as_str).ne(model
-            .manifest
-            .labels
-            .iter()
-            .map(String::as_str))
-        {
+        let weights: Weights = serde_json::from_reader(std::io::BufReader::new(file)).map_err(|e| bad(&e))?;
+        if weights.classes.iter().map(String::as_str).ne(model.manifest.labels.iter().map(String::as_str)) {
             return Err(bad(&"classes differ from the manifest's labels"));
         }
         let mut offsets = Vec::new();
@@ -125,10 +118,8 @@ impl BaselineBackend {
                 }
             } else {
                 for word in lower.split_whitespace() {
-                    let padded: Vec<char> = std::iter::once(' ')
-                        .chain(word.chars())
-                        .chain(std::iter::once(' '))
-                        .collect();
+                    let padded: Vec<char> =
+                        std::iter::once(' ').chain(word.chars()).chain(std::iter::once(' ')).collect();
                     for n in lo..=hi {
                         if padded.len() < n {
                             // scikit-learn counts a word shorter than n once, as a whole.
@@ -171,11 +162,7 @@ impl BaselineBackend {
 
     /// Calibrated probabilities in [`LABELS`] order.
     pub fn scores(&self, text: &str) -> [f32; 5] {
-        softmax_calibrated(
-            &self.logits(&self.features(text)),
-            self.temperature,
-            &self.label_index,
-        )
+        softmax_calibrated(&self.logits(&self.features(text)), self.temperature, &self.label_index)
     }
 
     /// The `k` terms of `text` that pushed hardest toward `class` (a [`LABELS`] name), relative
@@ -191,25 +178,18 @@ impl BaselineBackend {
             .into_iter()
             .map(|(i, v)| {
                 let mean = self.weights.coef.iter().map(|r| r[i]).sum::<f32>() / n;
-                TermWeight {
-                    term: self.terms[i].clone(),
-                    weight: v * (self.weights.coef[row][i] - mean),
-                }
+                TermWeight { term: self.terms[i].clone(), weight: v * (self.weights.coef[row][i] - mean) }
             })
             .filter(|t| t.weight > 0.0)
             .collect();
-        terms.sort_by(|a, b| b.weight.total_cmp(&a.weight));
+        terms.sort_by(|a, b| b.weight.total_cmp(&a.weight).then_with(|| a.term.cmp(&b.term)));
         terms.truncate(k);
         terms
     }
 }
 
 impl Backend for BaselineBackend {
-    fn classify(
-        &mut self,
-        texts: &[&str],
-        metrics: &Metrics,
-    ) -> Result<Vec<[f32; 5]>, ClassifyError> {
+    fn classify(&mut self, texts: &[&str], metrics: &Metrics) -> Result<Vec<[f32; 5]>, ClassifyError> {
         let timer = metrics.inference_seconds.start_timer();
         let out = texts.iter().map(|t| self.scores(t)).collect();
         timer.observe_duration();

@@ -55,10 +55,7 @@ fn default_layout() -> String {
 
 impl Default for TextSection {
     fn default() -> Self {
-        Self {
-            layout: default_layout(),
-            prefix: String::new(),
-        }
+        Self { layout: default_layout(), prefix: String::new() }
     }
 }
 
@@ -108,9 +105,7 @@ fn default_baseline_file() -> String {
 
 impl Default for BaselineSection {
     fn default() -> Self {
-        Self {
-            weights: default_baseline_file(),
-        }
+        Self { weights: default_baseline_file() }
     }
 }
 
@@ -145,10 +140,8 @@ impl VerifiedModel {
     pub fn load(dir: &Path) -> Result<VerifiedModel, ClassifyError> {
         let bad = |problem: String| ClassifyError::Model(format!("{}: {problem}", dir.display()));
         let path = dir.join("manifest.toml");
-        let text =
-            std::fs::read_to_string(&path).map_err(|e| bad(format!("manifest.toml: {e}")))?;
-        let manifest: Manifest =
-            toml::from_str(&text).map_err(|e| bad(format!("manifest.toml: {e}")))?;
+        let text = std::fs::read_to_string(&path).map_err(|e| bad(format!("manifest.toml: {e}")))?;
+        let manifest: Manifest = toml::from_str(&text).map_err(|e| bad(format!("manifest.toml: {e}")))?;
         if manifest.text.layout != LAYOUT {
             return Err(bad(format!(
                 "manifest.toml: text layout {:?} is not supported (this build produces {LAYOUT:?})",
@@ -157,10 +150,7 @@ impl VerifiedModel {
         }
         let mut label_index = [usize::MAX; 5];
         if manifest.labels.len() != LABELS.len() {
-            return Err(bad(format!(
-                "manifest.toml: labels must be exactly {}",
-                LABELS.join(", ")
-            )));
+            return Err(bad(format!("manifest.toml: labels must be exactly {}", LABELS.join(", "))));
         }
         for (i, canonical) in LABELS.iter().enumerate() {
             label_index[i] = manifest
@@ -169,51 +159,35 @@ impl VerifiedModel {
                 .position(|l| l == canonical)
                 .ok_or_else(|| bad(format!("manifest.toml: label {canonical:?} missing")))?;
         }
-        if !(manifest.calibration.temperature > 0.0 && manifest.calibration.temperature.is_finite())
-        {
-            return Err(bad(
-                "manifest.toml: calibration.temperature must be > 0".into()
-            ));
+        if !(manifest.calibration.temperature > 0.0 && manifest.calibration.temperature.is_finite()) {
+            return Err(bad("manifest.toml: calibration.temperature must be > 0".into()));
         }
         let needed: Vec<&str> = match manifest.kind.as_str() {
             "onnx" => vec![&manifest.onnx.model, &manifest.onnx.tokenizer],
             "baseline" => vec![&manifest.baseline.weights],
             other => {
-                return Err(bad(format!(
-                    "manifest.toml: unknown kind {other:?} (onnx or baseline)"
-                )));
+                return Err(bad(format!("manifest.toml: unknown kind {other:?} (onnx or baseline)")));
             }
         };
         for file in &needed {
             if !manifest.files.contains_key(*file) {
-                return Err(bad(format!(
-                    "manifest.toml: [files] has no sha256 for {file}"
-                )));
+                return Err(bad(format!("manifest.toml: [files] has no sha256 for {file}")));
             }
         }
         let mut weights_sha256 = String::new();
         for (file, expected) in &manifest.files {
             if file.contains("..") || file.starts_with('/') {
-                return Err(bad(format!(
-                    "manifest.toml: file name {file:?} leaves the model directory"
-                )));
+                return Err(bad(format!("manifest.toml: file name {file:?} leaves the model directory")));
             }
             let actual = sha256_file(&dir.join(file)).map_err(|e| bad(format!("{file}: {e}")))?;
             if !actual.eq_ignore_ascii_case(expected.trim()) {
-                return Err(bad(format!(
-                    "sha256 mismatch for {file}: manifest says {expected}, file has {actual}"
-                )));
+                return Err(bad(format!("sha256 mismatch for {file}: manifest says {expected}, file has {actual}")));
             }
             if file == needed[0] {
                 weights_sha256 = actual;
             }
         }
-        Ok(VerifiedModel {
-            dir: dir.to_path_buf(),
-            manifest,
-            label_index,
-            weights_sha256,
-        })
+        Ok(VerifiedModel { dir: dir.to_path_buf(), manifest, label_index, weights_sha256 })
     }
 
     pub fn file(&self, name: &str) -> PathBuf {

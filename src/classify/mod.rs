@@ -21,13 +21,7 @@ use crate::telemetry::Metrics;
 use manifest::VerifiedModel;
 
 /// The five classes of the national pilot, in canonical order.
-pub const LABELS: [&str; 5] = [
-    "functioneel",
-    "prive",
-    "niet-functioneel",
-    "personeelsvertrouwelijk",
-    "partijpolitiek",
-];
+pub const LABELS: [&str; 5] = ["functioneel", "prive", "niet-functioneel", "personeelsvertrouwelijk", "partijpolitiek"];
 
 /// Calibrated class probabilities, in [`LABELS`] order.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
@@ -51,20 +45,11 @@ impl Scores {
 
     /// `functioneel=0.9100; prive=0.0300; ...` as written in `X-Mailgrip-Scores`.
     pub fn header_value(&self) -> String {
-        LABELS
-            .iter()
-            .zip(self.0)
-            .map(|(l, p)| format!("{l}={p:.4}"))
-            .collect::<Vec<_>>()
-            .join("; ")
+        LABELS.iter().zip(self.0).map(|(l, p)| format!("{l}={p:.4}")).collect::<Vec<_>>().join("; ")
     }
 
     pub fn as_map(&self) -> serde_json::Map<String, serde_json::Value> {
-        LABELS
-            .iter()
-            .zip(self.0)
-            .map(|(l, p)| (l.to_string(), serde_json::json!(round6(p))))
-            .collect()
+        LABELS.iter().zip(self.0).map(|(l, p)| (l.to_string(), serde_json::json!(round6(p)))).collect()
     }
 }
 
@@ -74,10 +59,7 @@ fn round6(p: f32) -> f64 {
 
 /// softmax(logits / T), reordered into [`LABELS`] order.
 pub fn softmax_calibrated(logits: &[f32], temperature: f32, label_index: &[usize; 5]) -> [f32; 5] {
-    let scaled: Vec<f64> = logits
-        .iter()
-        .map(|&l| l as f64 / temperature as f64)
-        .collect();
+    let scaled: Vec<f64> = logits.iter().map(|&l| l as f64 / temperature as f64).collect();
     let max = scaled.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
     let exps: Vec<f64> = scaled.iter().map(|l| (l - max).exp()).collect();
     let sum: f64 = exps.iter().sum();
@@ -114,11 +96,7 @@ impl ClassifyError {
 
 /// One inference engine instance, owned by one worker thread.
 pub trait Backend: Send {
-    fn classify(
-        &mut self,
-        texts: &[&str],
-        metrics: &Metrics,
-    ) -> Result<Vec<[f32; 5]>, ClassifyError>;
+    fn classify(&mut self, texts: &[&str], metrics: &Metrics) -> Result<Vec<[f32; 5]>, ClassifyError>;
 }
 
 /// Which model answered: shown in headers, logs and the archive sidecar.
@@ -138,30 +116,19 @@ impl ModelInfo {
 }
 
 /// Build the backend a manifest asks for.
-pub fn load_backend(
-    model: &VerifiedModel,
-    cfg: &ModelConfig,
-) -> Result<Box<dyn Backend>, ClassifyError> {
+pub fn load_backend(model: &VerifiedModel, cfg: &ModelConfig) -> Result<Box<dyn Backend>, ClassifyError> {
     match model.manifest.kind.as_str() {
         "onnx" => {
             let threads = if cfg.intra_threads > 0 {
                 cfg.intra_threads
             } else {
-                let cores = std::thread::available_parallelism()
-                    .map(|n| n.get())
-                    .unwrap_or(1);
+                let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
                 (cores / cfg.workers.max(1)).max(1)
             };
-            Ok(Box::new(onnx::OnnxBackend::load(
-                model,
-                &cfg.ort_library,
-                threads,
-            )?))
+            Ok(Box::new(onnx::OnnxBackend::load(model, &cfg.ort_library, threads)?))
         }
         "baseline" => Ok(Box::new(baseline::BaselineBackend::load(model)?)),
-        other => Err(ClassifyError::Model(format!(
-            "unknown model kind {other:?}"
-        ))),
+        other => Err(ClassifyError::Model(format!("unknown model kind {other:?}"))),
     }
 }
 
@@ -211,10 +178,7 @@ impl Classifier {
                 .spawn(move || worker(backend, rx, metrics, max_batch, window))
                 .map_err(|e| ClassifyError::Model(format!("spawning worker: {e}")))?;
         }
-        metrics
-            .model_info
-            .with_label_values(&[&info.name, &info.version])
-            .set(1);
+        metrics.model_info.with_label_values(&[&info.name, &info.version]).set(1);
         Ok(Classifier {
             inner: Arc::new(Inner {
                 tx,
@@ -240,14 +204,7 @@ impl Classifier {
             .map_err(|_| ClassifyError::Overloaded(inner.timeout))?
             .map_err(|_| ClassifyError::Stopped)?;
         let (reply, rx) = oneshot::channel();
-        inner
-            .tx
-            .send(Job {
-                text,
-                enqueued: Instant::now(),
-                reply,
-            })
-            .map_err(|_| ClassifyError::Stopped)?;
+        inner.tx.send(Job { text, enqueued: Instant::now(), reply }).map_err(|_| ClassifyError::Stopped)?;
         inner.metrics.classifier_queue.inc();
         let result = tokio::time::timeout(inner.timeout, rx).await;
         drop(permit);
@@ -272,11 +229,7 @@ fn worker(
         let mut jobs = vec![first];
         let deadline = Instant::now() + window;
         while jobs.len() < max_batch {
-            let next = if window.is_zero() {
-                rx.try_recv().ok()
-            } else {
-                rx.recv_deadline(deadline).ok()
-            };
+            let next = if window.is_zero() { rx.try_recv().ok() } else { rx.recv_deadline(deadline).ok() };
             match next {
                 Some(job) => jobs.push(job),
                 None => break,
@@ -289,15 +242,11 @@ fn worker(
             continue;
         }
         for j in &jobs {
-            metrics
-                .queue_wait_seconds
-                .observe(j.enqueued.elapsed().as_secs_f64());
+            metrics.queue_wait_seconds.observe(j.enqueued.elapsed().as_secs_f64());
         }
         let texts: Vec<&str> = jobs.iter().map(|j| j.text.as_str()).collect();
-        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            backend.classify(&texts, &metrics)
-        }))
-        .unwrap_or_else(|_| Err(ClassifyError::Model("inference panicked".into())));
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| backend.classify(&texts, &metrics)))
+            .unwrap_or_else(|_| Err(ClassifyError::Model("inference panicked".into())));
         match result {
             Ok(scores) => {
                 for (job, s) in jobs.into_iter().zip(scores) {

@@ -62,11 +62,7 @@ pub fn find_ort_library(configured: &str) -> Option<PathBuf> {
             let mut found: Vec<PathBuf> = files
                 .flatten()
                 .map(|f| f.path())
-                .filter(|p| {
-                    p.file_name()
-                        .and_then(|n| n.to_str())
-                        .is_some_and(|n| n.starts_with("libonnxruntime.so"))
-                })
+                .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("libonnxruntime.so")))
                 .collect();
             found.sort();
             if let Some(p) = found.pop() {
@@ -89,23 +85,16 @@ pub struct OnnxBackend {
 }
 
 impl OnnxBackend {
-    pub fn load(
-        model: &VerifiedModel,
-        ort_library: &str,
-        intra_threads: usize,
-    ) -> Result<Self, ClassifyError> {
+    pub fn load(model: &VerifiedModel, ort_library: &str, intra_threads: usize) -> Result<Self, ClassifyError> {
         let err = |what: &str, e: &dyn std::fmt::Display| {
             ClassifyError::Model(format!("{}: {what}: {e}", model.dir.display()))
         };
         let env = environment(ort_library)?;
         let m = &model.manifest;
-        let mut tokenizer = Tokenizer::from_file(model.file(&m.onnx.tokenizer))
-            .map_err(|e| err("tokenizer.json", &e))?;
+        let mut tokenizer =
+            Tokenizer::from_file(model.file(&m.onnx.tokenizer)).map_err(|e| err("tokenizer.json", &e))?;
         tokenizer
-            .with_truncation(Some(TruncationParams {
-                max_length: m.max_tokens,
-                ..Default::default()
-            }))
+            .with_truncation(Some(TruncationParams { max_length: m.max_tokens, ..Default::default() }))
             .map_err(|e| err("tokenizer truncation", &e))?;
         tokenizer.with_padding(None);
         let pad_id = m
@@ -119,28 +108,18 @@ impl OnnxBackend {
             .with_optimization_level(GraphOptimizationLevel::Level3)
             .map_err(|e| err("session", &e))?;
         if intra_threads > 0 {
-            builder = builder
-                .with_intra_threads(intra_threads)
-                .map_err(|e| err("session", &e))?;
+            builder = builder.with_intra_threads(intra_threads).map_err(|e| err("session", &e))?;
         }
-        let session = builder
-            .commit_from_file(model.file(&m.onnx.model))
-            .map_err(|e| err(&m.onnx.model, &e))?;
+        let session = builder.commit_from_file(model.file(&m.onnx.model)).map_err(|e| err(&m.onnx.model, &e))?;
         let names: Vec<&str> = session.inputs().iter().map(|i| i.name()).collect();
         for needed in ["input_ids", "attention_mask"] {
             if !names.contains(&needed) {
-                return Err(err(
-                    &m.onnx.model,
-                    &format!("graph has no input {needed:?} (inputs: {names:?})"),
-                ));
+                return Err(err(&m.onnx.model, &format!("graph has no input {needed:?} (inputs: {names:?})")));
             }
         }
         let wants_token_types = names.contains(&"token_type_ids");
         if !session.outputs().iter().any(|o| o.name() == m.onnx.output) {
-            return Err(err(
-                &m.onnx.model,
-                &format!("graph has no output {:?}", m.onnx.output),
-            ));
+            return Err(err(&m.onnx.model, &format!("graph has no output {:?}", m.onnx.output)));
         }
         Ok(OnnxBackend {
             session,
@@ -157,10 +136,7 @@ impl OnnxBackend {
     /// Token ids of one text, truncated, special tokens included.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>, ClassifyError> {
         let input = format!("{}{}", self.prefix, text);
-        let enc = self
-            .tokenizer
-            .encode(input, true)
-            .map_err(|e| ClassifyError::Model(format!("tokenize: {e}")))?;
+        let enc = self.tokenizer.encode(input, true).map_err(|e| ClassifyError::Model(format!("tokenize: {e}")))?;
         Ok(enc.get_ids().to_vec())
     }
 
@@ -179,51 +155,26 @@ impl OnnxBackend {
         let shape = vec![batch as i64, len as i64];
         let e = |e: ort::Error| ClassifyError::Model(format!("inference: {e}"));
         let mut inputs = vec![
-            (
-                "input_ids",
-                Tensor::from_array((shape.clone(), ids))
-                    .map_err(e)?
-                    .into_dyn(),
-            ),
-            (
-                "attention_mask",
-                Tensor::from_array((shape.clone(), mask))
-                    .map_err(e)?
-                    .into_dyn(),
-            ),
+            ("input_ids", Tensor::from_array((shape.clone(), ids)).map_err(e)?.into_dyn()),
+            ("attention_mask", Tensor::from_array((shape.clone(), mask)).map_err(e)?.into_dyn()),
         ];
         if self.wants_token_types {
-            inputs.push((
-                "token_type_ids",
-                Tensor::from_array((shape, vec![0i64; batch * len]))
-                    .map_err(e)?
-                    .into_dyn(),
-            ));
+            inputs
+                .push(("token_type_ids", Tensor::from_array((shape, vec![0i64; batch * len])).map_err(e)?.into_dyn()));
         }
         let outputs = self.session.run(inputs).map_err(e)?;
-        let (out_shape, data) = outputs[self.output.as_str()]
-            .try_extract_tensor::<f32>()
-            .map_err(e)?;
+        let (out_shape, data) = outputs[self.output.as_str()].try_extract_tensor::<f32>().map_err(e)?;
         let width = *out_shape.last().unwrap_or(&0) as usize;
         if width == 0 || data.len() != batch * width {
-            return Err(ClassifyError::Model(format!(
-                "unexpected output shape {out_shape:?}"
-            )));
+            return Err(ClassifyError::Model(format!("unexpected output shape {out_shape:?}")));
         }
         Ok(data.chunks(width).map(<[f32]>::to_vec).collect())
     }
 }
 
 impl Backend for OnnxBackend {
-    fn classify(
-        &mut self,
-        texts: &[&str],
-        metrics: &Metrics,
-    ) -> Result<Vec<[f32; 5]>, ClassifyError> {
-        let seqs = texts
-            .iter()
-            .map(|t| self.encode(t))
-            .collect::<Result<Vec<_>, _>>()?;
+    fn classify(&mut self, texts: &[&str], metrics: &Metrics) -> Result<Vec<[f32; 5]>, ClassifyError> {
+        let seqs = texts.iter().map(|t| self.encode(t)).collect::<Result<Vec<_>, _>>()?;
         let mut out = vec![[0f32; 5]; seqs.len()];
         // Pad only within groups of similar length: sort by length and cut a new group whenever
         // padding would waste more than a quarter of the group's compute.

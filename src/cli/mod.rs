@@ -28,25 +28,16 @@ pub fn collect_inputs(paths: &[PathBuf]) -> anyhow::Result<Vec<Input>> {
             files.sort();
             for f in files {
                 let raw = std::fs::read(&f).with_context(|| f.display().to_string())?;
-                out.push(Input {
-                    name: f.display().to_string(),
-                    raw,
-                });
+                out.push(Input { name: f.display().to_string(), raw });
             }
         } else {
             let raw = std::fs::read(path).with_context(|| path.display().to_string())?;
             if is_mbox(path, &raw) {
                 for (i, msg) in split_mbox(&raw).into_iter().enumerate() {
-                    out.push(Input {
-                        name: format!("{}#{}", path.display(), i + 1),
-                        raw: msg,
-                    });
+                    out.push(Input { name: format!("{}#{}", path.display(), i + 1), raw: msg });
                 }
             } else {
-                out.push(Input {
-                    name: path.display().to_string(),
-                    raw,
-                });
+                out.push(Input { name: path.display().to_string(), raw });
             }
         }
     }
@@ -58,10 +49,7 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> anyhow::Result<()> {
         let path = entry?.path();
         if path.is_dir() {
             walk(&path, out)?;
-        } else if path
-            .extension()
-            .is_some_and(|e| e.eq_ignore_ascii_case("eml"))
-        {
+        } else if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("eml")) {
             out.push(path);
         }
     }
@@ -69,9 +57,7 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> anyhow::Result<()> {
 }
 
 fn is_mbox(path: &Path, raw: &[u8]) -> bool {
-    path.extension()
-        .is_some_and(|e| e.eq_ignore_ascii_case("mbox"))
-        || raw.starts_with(b"From ")
+    path.extension().is_some_and(|e| e.eq_ignore_ascii_case("mbox")) || raw.starts_with(b"From ")
 }
 
 /// Split an mboxrd/mboxo file: messages start at lines beginning with "From "; ">From " lines
@@ -88,10 +74,7 @@ fn split_mbox(raw: &[u8]) -> Vec<Vec<u8>> {
             continue;
         }
         let Some(m) = current.as_mut() else { continue };
-        let unquoted = line
-            .iter()
-            .position(|&b| b != b'>')
-            .filter(|&n| n > 0 && line[n..].starts_with(b"From "));
+        let unquoted = line.iter().position(|&b| b != b'>').filter(|&n| n > 0 && line[n..].starts_with(b"From "));
         if unquoted.is_some() {
             m.extend_from_slice(&line[1..]);
         } else {
@@ -113,8 +96,7 @@ pub async fn classify(cfg: &Config, paths: &[PathBuf], format: Format) -> anyhow
     let inputs = collect_inputs(paths)?;
     let metrics = std::sync::Arc::new(Metrics::new());
     let model_cfg = cfg.model.clone();
-    let classifier =
-        tokio::task::spawn_blocking(move || Classifier::start(&model_cfg, metrics)).await??;
+    let classifier = tokio::task::spawn_blocking(move || Classifier::start(&model_cfg, metrics)).await??;
     let model = classifier.info().id();
     // Submit everything at once so the workers can batch; print in input order.
     let mut handles = Vec::with_capacity(inputs.len());
@@ -124,10 +106,7 @@ pub async fn classify(cfg: &Config, paths: &[PathBuf], format: Format) -> anyhow
             let extracted = tokio::task::spawn_blocking(move || parse::extract(&input.raw)).await?;
             let result = match &extracted.parse_error {
                 Some(e) => Err(format!("parse: {e}")),
-                None => c
-                    .classify(extracted.model_text())
-                    .await
-                    .map_err(|e| e.to_string()),
+                None => c.classify(extracted.model_text()).await.map_err(|e| e.to_string()),
             };
             anyhow::Ok((input.name, result))
         }));
@@ -139,10 +118,7 @@ pub async fn classify(cfg: &Config, paths: &[PathBuf], format: Format) -> anyhow
         let (name, result) = h.await??;
         match (format, result) {
             (Format::Jsonl, Ok(s)) => {
-                println!(
-                    "{}",
-                    json!({"file": name, "class": s.label(), "scores": s.as_map(), "model": model})
-                )
+                println!("{}", json!({"file": name, "class": s.label(), "scores": s.as_map(), "model": model}))
             }
             (Format::Jsonl, Err(e)) => println!(
                 "{}",

@@ -19,12 +19,7 @@ pub struct DataDecoder {
 
 impl DataDecoder {
     pub fn new(limit: usize) -> DataDecoder {
-        DataDecoder {
-            state: State::LineStart,
-            limit,
-            size: 0,
-            body: Vec::new(),
-        }
+        DataDecoder { state: State::LineStart, limit, size: 0, body: Vec::new() }
     }
 
     /// True when the message exceeded the limit; its bytes were dropped.
@@ -54,10 +49,7 @@ impl DataDecoder {
         while i < input.len() {
             // Fast path: copy a run of ordinary bytes in one go.
             if self.state == State::Mid {
-                let run = input[i..]
-                    .iter()
-                    .position(|&b| b == b'\r' || b == b'\n')
-                    .unwrap_or(input.len() - i);
+                let run = input[i..].iter().position(|&b| b == b'\r' || b == b'\n').unwrap_or(input.len() - i);
                 if run > 0 {
                     let end = i + run;
                     let room = self.limit.saturating_sub(self.size);

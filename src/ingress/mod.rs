@@ -32,11 +32,7 @@ pub struct IngressSettings {
 
 impl IngressSettings {
     pub fn new(cfg: &Config) -> IngressSettings {
-        IngressSettings {
-            smtp: cfg.smtp.clone(),
-            allowed: cfg.allowed_clients(),
-            xforward: cfg.xforward_clients(),
-        }
+        IngressSettings { smtp: cfg.smtp.clone(), allowed: cfg.allowed_clients(), xforward: cfg.xforward_clients() }
     }
 
     pub fn is_allowed(&self, ip: IpAddr) -> bool {
@@ -93,15 +89,10 @@ pub async fn serve_smtp(
             continue;
         }
         let Ok(permit) = permits.clone().try_acquire_owned() else {
-            metrics
-                .connections
-                .with_label_values(&["over_capacity"])
-                .inc();
+            metrics.connections.with_label_values(&["over_capacity"]).inc();
             warn!(%peer, max, "connection cap reached");
             tokio::spawn(async move {
-                let _ = stream
-                    .write_all(b"421 4.3.2 Too many connections, try again later\r\n")
-                    .await;
+                let _ = stream.write_all(b"421 4.3.2 Too many connections, try again later\r\n").await;
                 let _ = stream.shutdown().await;
             });
             continue;
@@ -109,13 +100,7 @@ pub async fn serve_smtp(
         metrics.connections.with_label_values(&["accepted"]).inc();
         let session_id = uuid::Uuid::now_v7().simple().to_string();
         let span = info_span!("session", %peer, session = &session_id[20..]);
-        let session = session::Session::new(
-            stream,
-            peer,
-            settings.clone(),
-            gateway.clone(),
-            shutdown.clone(),
-        );
+        let session = session::Session::new(stream, peer, settings.clone(), gateway.clone(), shutdown.clone());
         let metrics = metrics.clone();
         tokio::spawn(
             async move {
@@ -131,10 +116,7 @@ pub async fn serve_smtp(
     drop(listener);
     info!("SMTP listener stopped; waiting for sessions to finish");
     let all = u32::try_from(max).unwrap_or(u32::MAX);
-    if tokio::time::timeout(grace, permits.acquire_many(all))
-        .await
-        .is_err()
-    {
+    if tokio::time::timeout(grace, permits.acquire_many(all)).await.is_err() {
         warn!("grace period over with sessions still open");
     }
 }

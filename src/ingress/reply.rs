@@ -8,10 +8,7 @@ pub struct SmtpReply {
 
 impl SmtpReply {
     pub fn new(code: u16, text: impl Into<String>) -> SmtpReply {
-        SmtpReply {
-            code,
-            text: text.into(),
-        }
+        SmtpReply { code, text: text.into() }
     }
 
     pub fn is_positive(&self) -> bool {
@@ -20,11 +17,7 @@ impl SmtpReply {
 
     /// Append the wire form. Line breaks in the text (from a next hop's reply) cannot split it.
     pub fn write_to(&self, out: &mut Vec<u8>) {
-        let text: String = self
-            .text
-            .chars()
-            .map(|c| if c == '\r' || c == '\n' { ' ' } else { c })
-            .collect();
+        let text: String = self.text.chars().map(|c| if c == '\r' || c == '\n' { ' ' } else { c }).collect();
         out.extend_from_slice(format!("{} {}\r\n", self.code, text).as_bytes());
     }
 }

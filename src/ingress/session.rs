@@ -82,10 +82,7 @@ impl Session {
 
     pub async fn run(mut self) {
         let _ = self.stream.set_nodelay(true);
-        let greeting = SmtpReply::new(
-            220,
-            format!("{} ESMTP mailgrip", self.settings.smtp.hostname),
-        );
+        let greeting = SmtpReply::new(220, format!("{} ESMTP mailgrip", self.settings.smtp.hostname));
         self.reply(greeting);
         let result = self.commands().await;
         let _ = self.flush().await;
@@ -98,10 +95,7 @@ impl Session {
 
     async fn flush(&mut self) -> Result<(), Close> {
         if !self.out.is_empty() {
-            self.stream
-                .write_all(&self.out)
-                .await
-                .map_err(|_| Close::Gone)?;
+            self.stream.write_all(&self.out).await.map_err(|_| Close::Gone)?;
             self.out.clear();
         }
         Ok(())
@@ -128,11 +122,7 @@ impl Session {
         if now >= self.deadline {
             return Err(self.close_with(self.timeout_reply()));
         }
-        let wait = self
-            .settings
-            .smtp
-            .command_timeout()
-            .min(self.deadline - now);
+        let wait = self.settings.smtp.command_timeout().min(self.deadline - now);
         let shutdown = self.shutdown.clone();
         let read = tokio::time::timeout(wait, self.stream.read_buf(&mut self.inbuf));
         let n = if idle {
@@ -153,13 +143,7 @@ impl Session {
     }
 
     fn timeout_reply(&self) -> SmtpReply {
-        SmtpReply::new(
-            421,
-            format!(
-                "4.4.2 {} Error: timeout exceeded",
-                self.settings.smtp.hostname
-            ),
-        )
+        SmtpReply::new(421, format!("4.4.2 {} Error: timeout exceeded", self.settings.smtp.hostname))
     }
 
     /// The next command line, CRLF included.
@@ -182,10 +166,7 @@ impl Session {
             if self.shutdown.is_cancelled() {
                 return Err(self.close_with(SmtpReply::new(
                     421,
-                    format!(
-                        "4.3.0 {} Service shutting down",
-                        self.settings.smtp.hostname
-                    ),
+                    format!("4.3.0 {} Service shutting down", self.settings.smtp.hostname),
                 )));
             }
             let line = self.read_line().await?;
@@ -198,18 +179,12 @@ impl Session {
                 Ok(req) => self.request(req).await?,
                 Err(e) => {
                     let r = match e {
-                        ProtoError::UnknownCommand => {
-                            SmtpReply::new(500, "5.5.2 Error: command not recognized")
-                        }
-                        ProtoError::InvalidSenderAddress => {
-                            SmtpReply::new(501, "5.1.7 Bad sender address syntax")
-                        }
+                        ProtoError::UnknownCommand => SmtpReply::new(500, "5.5.2 Error: command not recognized"),
+                        ProtoError::InvalidSenderAddress => SmtpReply::new(501, "5.1.7 Bad sender address syntax"),
                         ProtoError::InvalidRecipientAddress => {
                             SmtpReply::new(501, "5.1.3 Bad recipient address syntax")
                         }
-                        ProtoError::SyntaxError { syntax } => {
-                            SmtpReply::new(501, format!("5.5.4 Syntax: {syntax}"))
-                        }
+                        ProtoError::SyntaxError { syntax } => SmtpReply::new(501, format!("5.5.4 Syntax: {syntax}")),
                         ProtoError::InvalidParameter { param } => {
                             SmtpReply::new(501, format!("5.5.4 Invalid parameter {param:?}"))
                         }
@@ -229,10 +204,7 @@ impl Session {
         self.errors += 1;
         self.gateway.metrics.error("ingress", "protocol");
         if self.errors >= self.settings.smtp.max_errors {
-            return Err(self.close_with(SmtpReply::new(
-                421,
-                "4.7.0 Too many errors, closing connection",
-            )));
+            return Err(self.close_with(SmtpReply::new(421, "4.7.0 Too many errors, closing connection")));
         }
         self.reply(r);
         Ok(())
@@ -246,20 +218,14 @@ impl Session {
 
     fn xforward_command(&mut self, args: &[u8]) {
         if !self.settings.is_xforward_client(self.peer.ip()) {
-            let _ = self.error(SmtpReply::new(
-                550,
-                "5.7.0 Error: insufficient authorization",
-            ));
+            let _ = self.error(SmtpReply::new(550, "5.7.0 Error: insufficient authorization"));
             return;
         }
         let args = String::from_utf8_lossy(args);
         for attr in args.split_whitespace() {
             if let Some((k, v)) = attr.split_once('=') {
                 let k = k.to_ascii_uppercase();
-                if matches!(
-                    k.as_str(),
-                    "NAME" | "ADDR" | "PORT" | "PROTO" | "HELO" | "SOURCE" | "IDENT"
-                ) {
+                if matches!(k.as_str(), "NAME" | "ADDR" | "PORT" | "PROTO" | "HELO" | "SOURCE" | "IDENT") {
                     self.xforward.retain(|(old, _)| *old != k);
                     self.xforward.push((k, v.chars().take(255).collect()));
                 }
@@ -288,9 +254,7 @@ impl Session {
                 }
                 let last = lines.len() - 1;
                 for (i, l) in lines.iter().enumerate() {
-                    self.out.extend_from_slice(
-                        format!("250{}{l}\r\n", if i == last { ' ' } else { '-' }).as_bytes(),
-                    );
+                    self.out.extend_from_slice(format!("250{}{l}\r\n", if i == last { ' ' } else { '-' }).as_bytes());
                 }
             }
             Request::Helo { host: client } | Request::Lhlo { host: client } => {
@@ -306,10 +270,7 @@ impl Session {
                     return self.error(SmtpReply::new(503, "5.5.1 Error: nested MAIL command"));
                 }
                 if from.size > self.settings.smtp.max_message_size {
-                    self.reply(SmtpReply::new(
-                        552,
-                        "5.3.4 Message size exceeds fixed limit",
-                    ));
+                    self.reply(SmtpReply::new(552, "5.3.4 Message size exceeds fixed limit"));
                     return Ok(());
                 }
                 self.envelope = Some(Envelope {
@@ -337,10 +298,7 @@ impl Session {
                 self.reply(SmtpReply::new(250, "2.1.5 Ok"));
             }
             Request::Data => return self.data().await,
-            Request::Bdat {
-                chunk_size,
-                is_last,
-            } => return self.bdat(chunk_size, is_last).await,
+            Request::Bdat { chunk_size, is_last } => return self.bdat(chunk_size, is_last).await,
             Request::Rset => {
                 self.reset_transaction();
                 self.reply(SmtpReply::new(250, "2.0.0 Ok"));
@@ -348,10 +306,9 @@ impl Session {
             Request::Noop { .. } => self.reply(SmtpReply::new(250, "2.0.0 Ok")),
             Request::Quit => return Err(self.close_with(SmtpReply::new(221, "2.0.0 Bye"))),
             Request::Vrfy { .. } => self.reply(SmtpReply::new(252, "2.5.2 Cannot VRFY user")),
-            Request::Help { .. } => self.reply(SmtpReply::new(
-                214,
-                "2.0.0 mailgrip: see https://joinup.ec.europa.eu/licence/eupl",
-            )),
+            Request::Help { .. } => {
+                self.reply(SmtpReply::new(214, "2.0.0 mailgrip: see https://joinup.ec.europa.eu/licence/eupl"))
+            }
             _ => return self.error(SmtpReply::new(502, "5.5.1 Error: command not implemented")),
         }
         Ok(())
@@ -361,9 +318,7 @@ impl Session {
     fn ready_for_body(&self) -> Option<SmtpReply> {
         match &self.envelope {
             None => Some(SmtpReply::new(503, "5.5.1 Error: need MAIL command")),
-            Some(env) if env.rcpt_to.is_empty() => {
-                Some(SmtpReply::new(554, "5.5.1 Error: no valid recipients"))
-            }
+            Some(env) if env.rcpt_to.is_empty() => Some(SmtpReply::new(554, "5.5.1 Error: no valid recipients")),
             _ => None,
         }
     }
@@ -388,10 +343,7 @@ impl Session {
         if decoder.overflowed() {
             self.reset_transaction();
             self.gateway.metrics.error("ingress", "too_big");
-            self.reply(SmtpReply::new(
-                552,
-                "5.3.4 Message size exceeds fixed limit",
-            ));
+            self.reply(SmtpReply::new(552, "5.3.4 Message size exceeds fixed limit"));
             return Ok(());
         }
         self.deliver(decoder.body).await;
@@ -406,20 +358,13 @@ impl Session {
             Some(r)
         } else if self.bdat.as_ref().map_or(0, Vec::len) + size > max {
             self.gateway.metrics.error("ingress", "too_big");
-            Some(SmtpReply::new(
-                552,
-                "5.3.4 Message size exceeds fixed limit",
-            ))
+            Some(SmtpReply::new(552, "5.3.4 Message size exceeds fixed limit"))
         } else {
             None
         };
         let keep = problem.is_none() && !self.bdat_failed;
         // The chunk's bytes must be read in every case, or they would be taken for commands.
-        let mut chunk = if keep {
-            self.bdat.take().unwrap_or_default()
-        } else {
-            Vec::new()
-        };
+        let mut chunk = if keep { self.bdat.take().unwrap_or_default() } else { Vec::new() };
         let mut left = size;
         while left > 0 {
             if self.start == self.inbuf.len() {
@@ -444,10 +389,7 @@ impl Session {
             if last {
                 self.reset_transaction();
             }
-            self.reply(SmtpReply::new(
-                503,
-                "5.5.1 Error: earlier BDAT chunk failed",
-            ));
+            self.reply(SmtpReply::new(503, "5.5.1 Error: earlier BDAT chunk failed"));
             return Ok(());
         }
         if last {

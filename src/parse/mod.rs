@@ -41,18 +41,11 @@ impl Extracted {
 /// Parse a message. Never panics and never fails; see the module docs.
 pub fn extract(raw: &[u8]) -> Extracted {
     let Some(msg) = MessageParser::default().parse(raw) else {
-        return Extracted {
-            parse_error: Some("not a parseable RFC 5322 message".into()),
-            ..Default::default()
-        };
+        return Extracted { parse_error: Some("not a parseable RFC 5322 message".into()), ..Default::default() };
     };
     let subject = msg.subject().unwrap_or_default().to_string();
     let body = msg.body_text(0).map(|b| b.into_owned()).unwrap_or_default();
-    let from_domain = msg
-        .from()
-        .and_then(|a| a.first())
-        .and_then(|a| a.address())
-        .and_then(domain_of);
+    let from_domain = msg.from().and_then(|a| a.first()).and_then(|a| a.address()).and_then(domain_of);
     let mut recipient_domains: Vec<String> = msg
         .to()
         .into_iter()
@@ -121,12 +114,9 @@ mod tests {
 
     #[test]
     fn garbage_and_empty_input_do_not_panic() {
-        for raw in [
-            &b""[..],
-            b"\r\n",
-            b"\xff\xfe\x00garbage",
-            b"Content-Type: multipart/mixed; boundary=\r\n\r\n--\r\n--",
-        ] {
+        for raw in
+            [&b""[..], b"\r\n", b"\xff\xfe\x00garbage", b"Content-Type: multipart/mixed; boundary=\r\n\r\n--\r\n--"]
+        {
             let e = extract(raw);
             let _ = e.model_text();
         }

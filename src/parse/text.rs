@@ -25,13 +25,7 @@ pub fn model_text(subject: &str, attachments: &[String], body: &str) -> String {
     out.push_str(&squash(subject));
     if !attachments.is_empty() {
         out.push_str("\nBijlagen: ");
-        out.push_str(
-            &attachments
-                .iter()
-                .map(|a| squash(a))
-                .collect::<Vec<_>>()
-                .join("; "),
-        );
+        out.push_str(&attachments.iter().map(|a| squash(a)).collect::<Vec<_>>().join("; "));
     }
     let (new, quoted) = split_quoted(body);
     for part in [new, quoted] {
@@ -59,11 +53,9 @@ static REPLY_HEADER: LazyLock<Regex> = LazyLock::new(|| {
     .unwrap()
 });
 
-static FROM_LINE: LazyLock<Regex> =
-    LazyLock::new(|| Regex::new(r"(?i)^\s*\*?(van|from|de|von)\s*:\*?\s").unwrap());
-static SENT_LINE: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"(?i)^\s*\*?(verzonden|sent|datum|date|gesendet|envoyé)\s*:").unwrap()
-});
+static FROM_LINE: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"(?i)^\s*\*?(van|from|de|von)\s*:\*?\s").unwrap());
+static SENT_LINE: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"(?i)^\s*\*?(verzonden|sent|datum|date|gesendet|envoyé)\s*:").unwrap());
 
 /// Split a body into the sender's new text and the quoted/forwarded history that follows it.
 pub fn split_quoted(body: &str) -> (&str, &str) {
@@ -171,7 +163,8 @@ mod tests {
 
     #[test]
     fn gt_quotes_and_wrapped_schreef_line() {
-        let body = "Prima!\nOp di 4 mrt 2026 om 10:12 schreef Anna de\nVries <a@b.nl>:\n> Zullen we zaterdag?\n>> eerder\n";
+        let body =
+            "Prima!\nOp di 4 mrt 2026 om 10:12 schreef Anna de\nVries <a@b.nl>:\n> Zullen we zaterdag?\n>> eerder\n";
         let (new, quoted) = split_quoted(body);
         assert_eq!(new, "Prima!\n");
         assert!(quoted.starts_with("Op di"));
@@ -188,10 +181,7 @@ mod tests {
             &["a.pdf".into(), "b  c.docx".into()],
             "\n\n  regel  een \n\n\n\nregel\u{a0}twee\n",
         );
-        assert_eq!(
-            t,
-            "Ziek melding\nBijlagen: a.pdf; b c.docx\nregel een\n\nregel twee"
-        );
+        assert_eq!(t, "Ziek melding\nBijlagen: a.pdf; b c.docx\nregel een\n\nregel twee");
     }
 
     #[test]

@@ -14,17 +14,10 @@ pub struct DirRelay {
 
 impl DirRelay {
     pub fn new(dir: &Path) -> DirRelay {
-        DirRelay {
-            dir: dir.to_path_buf(),
-        }
+        DirRelay { dir: dir.to_path_buf() }
     }
 
-    pub async fn send(
-        &self,
-        id: &str,
-        env: &Envelope,
-        message: &[u8],
-    ) -> Result<Reply, RelayError> {
+    pub async fn send(&self, id: &str, env: &Envelope, message: &[u8]) -> Result<Reply, RelayError> {
         let dir = self.dir.clone();
         let id = id.to_string();
         let envelope = serde_json::to_vec_pretty(env).map_err(|e| RelayError::Io(e.to_string()))?;
@@ -36,10 +29,7 @@ impl DirRelay {
         })
         .await
         .map_err(|e| RelayError::Io(e.to_string()))?
-        .map(|path| Reply {
-            code: 250,
-            text: format!("2.0.0 written to {}", path.display()),
-        })
+        .map(|path| Reply { code: 250, text: format!("2.0.0 written to {}", path.display()) })
         .map_err(|e| RelayError::Io(format!("{}: {e}", self.dir.display())))
     }
 

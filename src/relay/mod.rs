@@ -19,11 +19,7 @@ pub struct Reply {
 
 impl Reply {
     fn into_error(self) -> RelayError {
-        if self.code / 100 == 5 {
-            RelayError::Refused(self)
-        } else {
-            RelayError::Deferred(self)
-        }
+        if self.code / 100 == 5 { RelayError::Refused(self) } else { RelayError::Deferred(self) }
     }
 }
 
@@ -75,12 +71,7 @@ impl Relay {
     }
 
     /// Deliver; `Ok` carries the next hop's reply text for logs.
-    pub async fn send(
-        &self,
-        id: &str,
-        env: &Envelope,
-        message: &[u8],
-    ) -> Result<Reply, RelayError> {
+    pub async fn send(&self, id: &str, env: &Envelope, message: &[u8]) -> Result<Reply, RelayError> {
         match self {
             Relay::Smtp(r) => r.send(env, message).await,
             Relay::Dir(r) => r.send(id, env, message).await,

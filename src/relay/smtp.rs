@@ -38,14 +38,10 @@ impl Conn {
             let mut line = String::new();
             let n = tokio::time::timeout(self.reply_timeout, self.stream.read_line(&mut line))
                 .await
-                .map_err(|_| {
-                    RelayError::Unreachable("timed out waiting for the next hop's reply".into())
-                })?
+                .map_err(|_| RelayError::Unreachable("timed out waiting for the next hop's reply".into()))?
                 .map_err(|e| RelayError::Unreachable(format!("reading reply: {e}")))?;
             if n == 0 {
-                return Err(RelayError::Unreachable(
-                    "next hop closed the connection".into(),
-                ));
+                return Err(RelayError::Unreachable("next hop closed the connection".into()));
             }
             let line = line.trim_end_matches(['\r', '\n']).to_string();
             let code = line.get(..3).and_then(|c| c.parse::<u16>().ok());
@@ -58,26 +54,17 @@ impl Conn {
                 return Err(RelayError::Unreachable("reply too long".into()));
             }
             if last {
-                return Ok(Reply {
-                    code,
-                    text: lines.join(" / "),
-                });
+                return Ok(Reply { code, text: lines.join(" / ") });
             }
         }
     }
 
     async fn write(&mut self, bytes: &[u8]) -> Result<(), RelayError> {
-        self.stream
-            .write_all(bytes)
-            .await
-            .map_err(|e| RelayError::Unreachable(format!("writing: {e}")))
+        self.stream.write_all(bytes).await.map_err(|e| RelayError::Unreachable(format!("writing: {e}")))
     }
 
     async fn flush(&mut self) -> Result<(), RelayError> {
-        self.stream
-            .flush()
-            .await
-            .map_err(|e| RelayError::Unreachable(format!("writing: {e}")))
+        self.stream.flush().await.map_err(|e| RelayError::Unreachable(format!("writing: {e}")))
     }
 
     async fn command(&mut self, cmd: &str) -> Result<Reply, RelayError> {
@@ -120,14 +107,9 @@ impl SmtpRelay {
             .map_err(|_| RelayError::Unreachable(format!("connecting to {} timed out", self.addr)))?
             .map_err(|e| RelayError::Unreachable(format!("connecting to {}: {e}", self.addr)))?;
         // Without this, Nagle + delayed ACK costs ~40 ms per message.
-        stream
-            .set_nodelay(true)
-            .map_err(|e| RelayError::Unreachable(format!("TCP_NODELAY: {e}")))?;
-        let mut conn = Conn {
-            stream: BufStream::new(stream),
-            caps: Caps::default(),
-            reply_timeout: self.reply_timeout,
-        };
+        stream.set_nodelay(true).map_err(|e| RelayError::Unreachable(format!("TCP_NODELAY: {e}")))?;
+        let mut conn =
+            Conn { stream: BufStream::new(stream), caps: Caps::default(), reply_timeout: self.reply_timeout };
         let greeting = conn.read_reply().await?;
         if greeting.code != 220 {
             return Err(greeting.into_error());
@@ -141,10 +123,7 @@ impl SmtpRelay {
                     Some("8BITMIME") => conn.caps.eightbit = true,
                     Some("SMTPUTF8") => conn.caps.smtputf8 = true,
                     Some("XFORWARD") => conn.caps.xforward = true,
-                    Some("SIZE") => {
-                        conn.caps.size =
-                            words.next().and_then(|s| s.parse().ok()).filter(|&s| s > 0)
-                    }
+                    Some("SIZE") => conn.caps.size = words.next().and_then(|s| s.parse().ok()).filter(|&s| s > 0),
                     _ => {}
                 }
             }
@@ -245,22 +224,11 @@ async fn transaction(conn: &mut Conn, env: &Envelope, message: &[u8]) -> Result<
     }
     let mut first = true;
     let fail = |first: bool, e: RelayError| {
-        if first {
-            Attempt::Stale(e)
-        } else {
-            Attempt::Broken(e)
-        }
+        if first { Attempt::Stale(e) } else { Attempt::Broken(e) }
     };
     if caps.xforward && !env.xforward.is_empty() {
-        let attrs: Vec<String> = env
-            .xforward
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect();
-        let r = conn
-            .command(&format!("XFORWARD {}\r\n", attrs.join(" ")))
-            .await
-            .map_err(|e| fail(first, e))?;
+        let attrs: Vec<String> = env.xforward.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let r = conn.command(&format!("XFORWARD {}\r\n", attrs.join(" "))).await.map_err(|e| fail(first, e))?;
         first = false;
         if r.code != 250 {
             return Err(reset(conn, r.into_error()).await);
@@ -277,26 +245,16 @@ async fn transaction(conn: &mut Conn, env: &Envelope, message: &[u8]) -> Result<
         mail.push_str(&format!(" SIZE={}", message.len()));
     }
     mail.push_str("\r\n");
-    let rcpts: Vec<String> = env
-        .rcpt_to
-        .iter()
-        .map(|r| format!("RCPT TO:{}\r\n", address(r)))
-        .collect();
+    let rcpts: Vec<String> = env.rcpt_to.iter().map(|r| format!("RCPT TO:{}\r\n", address(r))).collect();
     let replies = if caps.pipelining {
-        conn.write(mail.as_bytes())
-            .await
-            .map_err(|e| fail(first, e))?;
+        conn.write(mail.as_bytes()).await.map_err(|e| fail(first, e))?;
         for r in &rcpts {
             conn.write(r.as_bytes()).await.map_err(|e| fail(first, e))?;
         }
         conn.flush().await.map_err(|e| fail(first, e))?;
         let mut replies = Vec::with_capacity(rcpts.len() + 1);
         for _ in 0..=rcpts.len() {
-            replies.push(
-                conn.read_reply()
-                    .await
-                    .map_err(|e| fail(first && replies.is_empty(), e))?,
-            );
+            replies.push(conn.read_reply().await.map_err(|e| fail(first && replies.is_empty(), e))?);
         }
         replies
     } else {
@@ -319,15 +277,9 @@ async fn transaction(conn: &mut Conn, env: &Envelope, message: &[u8]) -> Result<
     if data.code != 354 {
         return Err(reset(conn, data.into_error()).await);
     }
-    write_dot_stuffed(conn, message)
-        .await
-        .map_err(Attempt::Broken)?;
+    write_dot_stuffed(conn, message).await.map_err(Attempt::Broken)?;
     let done = conn.read_reply().await.map_err(Attempt::Broken)?;
-    if done.code / 100 == 2 {
-        Ok(done)
-    } else {
-        Err(Attempt::Reusable(done.into_error()))
-    }
+    if done.code / 100 == 2 { Ok(done) } else { Err(Attempt::Reusable(done.into_error())) }
 }
 
 async fn reset(conn: &mut Conn, err: RelayError) -> Attempt {

@@ -18,13 +18,16 @@ use tokio_util::sync::CancellationToken;
 use super::Metrics;
 
 /// Answers whether mailgrip can take mail now; `Err` says why not.
-pub type Health =
-    Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>> + Send + Sync>;
+pub type Health = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>> + Send + Sync>;
+
+/// Brings gauges that are read from disk (the review queue) up to date before a scrape.
+pub type Refresh = Arc<dyn Fn(&Metrics) + Send + Sync>;
 
 pub async fn serve_http(
     listener: TcpListener,
     metrics: Arc<Metrics>,
     ready: Health,
+    refresh: Refresh,
     shutdown: CancellationToken,
 ) {
     loop {
@@ -40,44 +43,31 @@ pub async fn serve_http(
         };
         let metrics = metrics.clone();
         let ready = ready.clone();
+        let refresh = refresh.clone();
         tokio::spawn(async move {
             let service = service_fn(move |req: Request<hyper::body::Incoming>| {
                 let metrics = metrics.clone();
                 let ready = ready.clone();
-                async move { Ok::<_, Infallible>(route(req.uri().path(), &metrics, &ready).await) }
+                let refresh = refresh.clone();
+                async move { Ok::<_, Infallible>(route(req.uri().path(), &metrics, &ready, &refresh).await) }
             });
-            let _ = http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
+            let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
         });
     }
 }
 
-async fn route(path: &str, metrics: &Metrics, ready: &Health) -> Response<Full<Bytes>> {
+async fn route(path: &str, metrics: &Metrics, ready: &Health, refresh: &Refresh) -> Response<Full<Bytes>> {
     let (status, ctype, body) = match path {
-        "/metrics" => (
-            StatusCode::OK,
-            "text/plain; version=0.0.4",
-            metrics.render(),
-        ),
+        "/metrics" => {
+            refresh(metrics);
+            (StatusCode::OK, "text/plain; version=0.0.4", metrics.render())
+        }
         "/healthz" => (StatusCode::OK, "text/plain", "ok\n".to_string()),
         "/readyz" => match ready().await {
             Ok(()) => (StatusCode::OK, "text/plain", "ready\n".to_string()),
-            Err(why) => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "text/plain",
-                format!("not ready: {why}\n"),
-            ),
+            Err(why) => (StatusCode::SERVICE_UNAVAILABLE, "text/plain", format!("not ready: {why}\n")),
         },
-        _ => (
-            StatusCode::NOT_FOUND,
-            "text/plain",
-            "not found\n".to_string(),
-        ),
+        _ => (StatusCode::NOT_FOUND, "text/plain", "not found\n".to_string()),
     };
-    Response::builder()
-        .status(status)
-        .header("content-type", ctype)
-        .body(Full::new(Bytes::from(body)))
-        .unwrap()
+    Response::builder().status(status).header("content-type", ctype).body(Full::new(Bytes::from(body))).unwrap()
 }

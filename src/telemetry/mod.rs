@@ -6,11 +6,10 @@
 mod http;
 
 use prometheus::{
-    Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-pub use http::{Health, serve_http};
+pub use http::{Health, Refresh, serve_http};
 
 /// All of mailgrip's metrics, registered in one registry.
 pub struct Metrics {
@@ -35,14 +34,20 @@ pub struct Metrics {
     pub errors: IntCounterVec,
     /// SMTP connections by result (`accepted`, `denied`, `over_capacity`).
     pub connections: IntCounterVec,
-    /// Archive copies written, by class.
+    /// Copies committed, by store (`archive`, `archive-restricted`, `review`).
     pub archived: IntCounterVec,
+    /// Decisions by action and policy mode.
+    pub decisions: IntCounterVec,
+    /// Copies waiting in the review queue, and the age of the oldest (refreshed at scrape).
+    pub review_queue_depth: IntGauge,
+    pub review_oldest_seconds: IntGauge,
+    /// Reviewer decisions by (predicted, corrected) class: the drift signal for retraining.
+    pub review_overrides: IntGaugeVec,
     pub model_info: IntGaugeVec,
 }
 
-const LATENCY_BUCKETS: &[f64] = &[
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
-];
+const LATENCY_BUCKETS: &[f64] =
+    &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
 
 impl Metrics {
     pub fn new() -> Metrics {
@@ -53,10 +58,7 @@ impl Metrics {
             c
         };
         let hist = |name: &str, help: &str| {
-            let h = Histogram::with_opts(
-                HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()),
-            )
-            .unwrap();
+            let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec())).unwrap();
             registry.register(Box::new(h.clone())).unwrap();
             h
         };
@@ -66,11 +68,8 @@ impl Metrics {
             g
         };
         let relay_seconds = HistogramVec::new(
-            HistogramOpts::new(
-                "mailgrip_relay_seconds",
-                "Relaying one message to the next hop.",
-            )
-            .buckets(LATENCY_BUCKETS.to_vec()),
+            HistogramOpts::new("mailgrip_relay_seconds", "Relaying one message to the next hop.")
+                .buckets(LATENCY_BUCKETS.to_vec()),
             &["mode"],
         )
         .unwrap();
@@ -81,11 +80,15 @@ impl Metrics {
         )
         .unwrap();
         registry.register(Box::new(batch_size.clone())).unwrap();
-        let model_info = IntGaugeVec::new(
-            Opts::new("mailgrip_model_info", "The model in use (value 1)."),
-            &["name", "version"],
+        let review_overrides = IntGaugeVec::new(
+            Opts::new("mailgrip_review_decisions", "Reviewer decisions so far, by predicted and corrected class."),
+            &["predicted", "corrected"],
         )
         .unwrap();
+        registry.register(Box::new(review_overrides.clone())).unwrap();
+        let model_info =
+            IntGaugeVec::new(Opts::new("mailgrip_model_info", "The model in use (value 1)."), &["name", "version"])
+                .unwrap();
         registry.register(Box::new(model_info.clone())).unwrap();
         Metrics {
             messages: counter(
@@ -97,10 +100,7 @@ impl Metrics {
                 "mailgrip_classification_seconds",
                 "Queue, tokenization and inference for one message.",
             ),
-            inference_seconds: hist(
-                "mailgrip_inference_seconds",
-                "One inference call for one batch.",
-            ),
+            inference_seconds: hist("mailgrip_inference_seconds", "One inference call for one batch."),
             queue_wait_seconds: hist(
                 "mailgrip_classifier_queue_wait_seconds",
                 "Time a message waited for an inference worker.",
@@ -112,25 +112,17 @@ impl Metrics {
             relay_seconds,
             batch_size,
             sessions_in_flight: gauge("mailgrip_sessions_in_flight", "SMTP sessions open now."),
-            classifier_queue: gauge(
-                "mailgrip_classifier_queue_depth",
-                "Messages waiting for an inference worker.",
+            classifier_queue: gauge("mailgrip_classifier_queue_depth", "Messages waiting for an inference worker."),
+            errors: counter("mailgrip_errors_total", "Errors by stage and type.", &["stage", "error_type"]),
+            connections: counter("mailgrip_smtp_connections_total", "SMTP connections by result.", &["result"]),
+            archived: counter("mailgrip_archived_total", "Copies committed, by store.", &["store"]),
+            decisions: counter("mailgrip_decisions_total", "Policy decisions by action and mode.", &["action", "mode"]),
+            review_queue_depth: gauge("mailgrip_review_queue_depth", "Copies waiting for review."),
+            review_oldest_seconds: gauge(
+                "mailgrip_review_oldest_seconds",
+                "Age of the oldest copy waiting for review.",
             ),
-            errors: counter(
-                "mailgrip_errors_total",
-                "Errors by stage and type.",
-                &["stage", "error_type"],
-            ),
-            connections: counter(
-                "mailgrip_smtp_connections_total",
-                "SMTP connections by result.",
-                &["result"],
-            ),
-            archived: counter(
-                "mailgrip_archived_total",
-                "Archive copies written, by class.",
-                &["class"],
-            ),
+            review_overrides,
             model_info,
             registry,
         }
@@ -142,9 +134,7 @@ impl Metrics {
 
     /// The text exposition format.
     pub fn render(&self) -> String {
-        TextEncoder::new()
-            .encode_to_string(&self.registry.gather())
-            .unwrap_or_default()
+        TextEncoder::new().encode_to_string(&self.registry.gather()).unwrap_or_default()
     }
 }
 

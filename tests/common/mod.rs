@@ -64,12 +64,7 @@ impl Sink {
                 tokio::spawn(sink_session(stream, r.clone(), m.clone(), e.clone()));
             }
         });
-        Sink {
-            addr,
-            received,
-            mode,
-            mail_lines,
-        }
+        Sink { addr, received, mode, mail_lines }
     }
 
     pub fn messages(&self) -> Vec<Received> {
@@ -110,17 +105,10 @@ async fn sink_session(
         }
         let upper = line.to_ascii_uppercase();
         let reply: String = if upper.starts_with("EHLO") {
-            "250-sink\r\n250-PIPELINING\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n250 SIZE 100000000\r\n"
-                .into()
+            "250-sink\r\n250-PIPELINING\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n250 SIZE 100000000\r\n".into()
         } else if upper.starts_with("MAIL FROM:") {
             mail_lines.lock().unwrap().push(line.trim_end().to_string());
-            from = line[10..]
-                .trim_end()
-                .split(' ')
-                .next()
-                .unwrap_or("")
-                .trim_matches(['<', '>'])
-                .to_string();
+            from = line[10..].trim_end().split(' ').next().unwrap_or("").trim_matches(['<', '>']).to_string();
             rcpts.clear();
             "250 2.1.0 ok\r\n".into()
         } else if upper.starts_with("RCPT TO:") {
@@ -151,11 +139,7 @@ async fn sink_session(
                 _ => 250,
             };
             if code == 250 {
-                received.lock().unwrap().push(Received {
-                    mail_from: from.clone(),
-                    rcpt_to: rcpts.clone(),
-                    data,
-                });
+                received.lock().unwrap().push(Received { mail_from: from.clone(), rcpt_to: rcpts.clone(), data });
             }
             format!("{code} {}.0.0 data\r\n", code / 100)
         } else if upper.starts_with("RSET") {
@@ -205,6 +189,10 @@ pub fn test_config(dir: &Path, next_hop: Option<SocketAddr>) -> Config {
     cfg.metrics.listen = "127.0.0.1:0".into();
     cfg.model.dir = repo().join("tests/fixtures/tiny-model");
     cfg.archive.dir = dir.join("archive");
+    cfg.archive.restricted_dir = dir.join("archive-restricted");
+    cfg.review.dir = dir.join("review");
+    cfg.audit.path = dir.join("audit/audit.jsonl");
+    cfg.audit.review_path = dir.join("audit/review.jsonl");
     match next_hop {
         Some(addr) => {
             cfg.relay.mode = RelayMode::Smtp;
@@ -231,16 +219,7 @@ pub async fn start(next_hop: Option<SocketAddr>, tweak: impl FnOnce(&mut Config)
     let shutdown = CancellationToken::new();
     let s = shutdown.clone();
     let task = tokio::spawn(async move {
-        mailgrip::run(
-            cfg,
-            mailgrip::Listeners {
-                smtp,
-                metrics: Some(metrics),
-            },
-            s,
-        )
-        .await
-        .expect("gateway failed");
+        mailgrip::run(cfg, mailgrip::Listeners { smtp, metrics: Some(metrics) }, s).await.expect("gateway failed");
     });
     // Ready once the greeting arrives (the model loads before the listener is served).
     let mut ok = false;
@@ -255,13 +234,7 @@ pub async fn start(next_hop: Option<SocketAddr>, tweak: impl FnOnce(&mut Config)
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     assert!(ok, "gateway did not come up");
-    Gateway {
-        smtp: smtp_addr,
-        metrics: metrics_addr,
-        shutdown,
-        dir,
-        task,
-    }
+    Gateway { smtp: smtp_addr, metrics: metrics_addr, shutdown, dir, task }
 }
 
 /// A plain SMTP client.
@@ -273,10 +246,7 @@ pub struct Client {
 impl Client {
     pub async fn connect(addr: SocketAddr) -> std::io::Result<Client> {
         let stream = TcpStream::connect(addr).await?;
-        let mut c = Client {
-            stream: BufReader::new(stream),
-            greeting: String::new(),
-        };
+        let mut c = Client { stream: BufReader::new(stream), greeting: String::new() };
         c.greeting = tokio::time::timeout(Duration::from_secs(20), c.reply())
             .await
             .map_err(|_| std::io::Error::other("no greeting"))??;
@@ -293,10 +263,7 @@ impl Client {
                 .map_err(|_| std::io::Error::other("reply timeout"))??;
             if n == 0 {
                 return if all.is_empty() {
-                    Err(std::io::Error::new(
-                        std::io::ErrorKind::UnexpectedEof,
-                        "closed",
-                    ))
+                    Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "closed"))
                 } else {
                     Ok(all.join("\n"))
                 };
@@ -315,10 +282,7 @@ impl Client {
     }
 
     pub async fn cmd(&mut self, line: &str) -> std::io::Result<String> {
-        self.stream
-            .get_mut()
-            .write_all(format!("{line}\r\n").as_bytes())
-            .await?;
+        self.stream.get_mut().write_all(format!("{line}\r\n").as_bytes()).await?;
         self.reply().await
     }
 
@@ -343,8 +307,7 @@ impl Client {
 
     pub async fn read_to_end(&mut self) -> String {
         let mut s = String::new();
-        let _ =
-            tokio::time::timeout(Duration::from_secs(30), self.stream.read_to_string(&mut s)).await;
+        let _ = tokio::time::timeout(Duration::from_secs(30), self.stream.read_to_string(&mut s)).await;
         s
     }
 }
@@ -369,16 +332,11 @@ pub fn dot_stuff(message: &[u8]) -> Vec<u8> {
 /// GET over plain HTTP/1.1; returns (status, body).
 pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     let mut s = TcpStream::connect(addr).await.unwrap();
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes()).await.unwrap();
     let mut buf = String::new();
     s.read_to_string(&mut buf).await.unwrap();
     let status = buf.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let body = buf
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
+    let body = buf.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
     (status, body)
 }
 
@@ -386,10 +344,7 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
 pub fn metric_sum(text: &str, name: &str, label_filter: &str) -> f64 {
     text.lines()
         .filter(|l| !l.starts_with('#'))
-        .filter(|l| {
-            l.starts_with(name)
-                && (l[name.len()..].starts_with('{') || l[name.len()..].starts_with(' '))
-        })
+        .filter(|l| l.starts_with(name) && (l[name.len()..].starts_with('{') || l[name.len()..].starts_with(' ')))
         .filter(|l| l.contains(label_filter))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
@@ -401,11 +356,7 @@ pub fn split_tags(data: &[u8]) -> (Vec<String>, Vec<u8>) {
     let mut pos = 0;
     while data[pos..].len() >= 11 && data[pos..pos + 11].eq_ignore_ascii_case(b"X-Mailgrip-") {
         let end = pos + data[pos..].iter().position(|&b| b == b'\n').unwrap() + 1;
-        tags.push(
-            String::from_utf8_lossy(&data[pos..end])
-                .trim_end()
-                .to_string(),
-        );
+        tags.push(String::from_utf8_lossy(&data[pos..end]).trim_end().to_string());
         pos = end;
     }
     (tags, data[pos..].to_vec())

@@ -1,0 +1,212 @@
+//! The review queue: archive copies held until a person decides (action `review`).
+//!
+//! Held copies live in `review.dir` as `<id>.eml` + `<id>.json` (the decision sidecar), files
+//! 0600 and folders 0700, written durably by the pipeline like archive copies. An archivist
+//! decides with `mailgrip review decide` (or the console): the copy moves into the general or
+//! restricted archive, or is deleted, and the decision — with the corrected class — is appended
+//! to `review.dir/decisions.jsonl`, which `mailgrip review export` turns into training data.
+
+use std::fs;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::archive::{Archive, create_private_dir, sync_dir};
+use crate::classify::LABELS;
+use crate::decide::Action;
+
+/// A held copy, as listed for review.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReviewItem {
+    pub id: String,
+    pub class: String,
+    pub reason: String,
+    #[serde(default)]
+    pub scores: serde_json::Map<String, serde_json::Value>,
+    pub model: String,
+    pub model_version: String,
+    pub time: String,
+    #[serde(default)]
+    pub message_id: Option<String>,
+    #[serde(default)]
+    pub size: usize,
+    /// Seconds since the copy was held (filled in when listing).
+    #[serde(default)]
+    pub age_secs: u64,
+}
+
+/// One reviewer decision, as appended to `decisions.jsonl`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReviewDecision {
+    pub time: String,
+    pub id: String,
+    pub predicted: String,
+    pub corrected: String,
+    pub action: Action,
+    pub reviewer: String,
+    pub model: String,
+    pub model_version: String,
+    /// The model text of the message (layout of the model), for retraining.
+    pub text: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReviewError {
+    #[error("no held copy with id {0:?} in the review queue")]
+    NotFound(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    Io(#[from] io::Error),
+}
+
+pub struct ReviewQueue {
+    dir: PathBuf,
+}
+
+impl ReviewQueue {
+    pub fn new(dir: &Path) -> ReviewQueue {
+        ReviewQueue { dir: dir.to_path_buf() }
+    }
+
+    /// The store the pipeline stages held copies into.
+    pub fn store(&self) -> Archive {
+        Archive::flat(&self.dir)
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Held copies, oldest first.
+    pub fn list(&self) -> io::Result<Vec<ReviewItem>> {
+        let mut items = Vec::new();
+        let entries = match fs::read_dir(&self.dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(items),
+            Err(e) => return Err(e),
+        };
+        let now = std::time::SystemTime::now();
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.extension().is_none_or(|e| e != "json") || !path.with_extension("eml").exists() {
+                continue;
+            }
+            let Ok(bytes) = fs::read(&path) else { continue };
+            let Ok(mut item) = serde_json::from_slice::<ReviewItem>(&bytes) else { continue };
+            let modified = entry.metadata().and_then(|m| m.modified()).unwrap_or(now);
+            item.age_secs = now.duration_since(modified).map(|d| d.as_secs()).unwrap_or(0);
+            items.push(item);
+        }
+        items.sort_by(|a, b| a.time.cmp(&b.time).then(a.id.cmp(&b.id)));
+        Ok(items)
+    }
+
+    /// Queue depth and the age in seconds of the oldest held copy (for metrics).
+    pub fn depth_and_oldest(&self) -> (usize, u64) {
+        let items = self.list().unwrap_or_default();
+        (items.len(), items.iter().map(|i| i.age_secs).max().unwrap_or(0))
+    }
+
+    pub fn message(&self, id: &str) -> Result<Vec<u8>, ReviewError> {
+        check_id(id)?;
+        fs::read(self.dir.join(format!("{id}.eml"))).map_err(|_| ReviewError::NotFound(id.to_string()))
+    }
+
+    pub fn item(&self, id: &str) -> Result<ReviewItem, ReviewError> {
+        check_id(id)?;
+        let bytes = fs::read(self.dir.join(format!("{id}.json"))).map_err(|_| ReviewError::NotFound(id.to_string()))?;
+        serde_json::from_slice(&bytes).map_err(|e| ReviewError::Invalid(format!("{id}.json: {e}")))
+    }
+
+    /// Apply a reviewer's decision: move the copy into `archive` / `restricted` or delete it,
+    /// and record the decision. Returns the decision and where the copy went.
+    pub fn decide(
+        &self,
+        id: &str,
+        action: Action,
+        corrected: Option<&str>,
+        reviewer: &str,
+        archive: &Archive,
+        restricted: &Archive,
+    ) -> Result<(ReviewDecision, Option<PathBuf>), ReviewError> {
+        if action == Action::Review {
+            return Err(ReviewError::Invalid("a review decision is archive, archive-restricted or none".into()));
+        }
+        if reviewer.trim().is_empty() {
+            return Err(ReviewError::Invalid("the reviewer must be named".into()));
+        }
+        let item = self.item(id)?;
+        let raw = self.message(id)?;
+        let corrected = corrected.unwrap_or(&item.class).to_string();
+        if !LABELS.contains(&corrected.as_str()) {
+            return Err(ReviewError::Invalid(format!("unknown class {corrected:?}; known: {}", LABELS.join(", "))));
+        }
+        let now = time::OffsetDateTime::now_utc();
+        let stamp = now.format(&time::format_description::well_known::Rfc3339).unwrap_or_default();
+        let sidecar_path = self.dir.join(format!("{id}.json"));
+        let mut sidecar: serde_json::Value = serde_json::from_slice(&fs::read(&sidecar_path)?)
+            .map_err(|e| ReviewError::Invalid(format!("{id}.json: {e}")))?;
+        let dest = match action {
+            Action::Archive | Action::ArchiveRestricted => {
+                let store = if action == Action::Archive { archive } else { restricted };
+                sidecar["class"] = corrected.clone().into();
+                sidecar["action"] = action.as_str().into();
+                sidecar["reason"] = format!("review by {reviewer} at {stamp} (predicted {})", item.class).into();
+                sidecar["reviewer"] = reviewer.into();
+                let dir = store.dest_dir(now);
+                create_private_dir(&dir)?;
+                crate::archive::write_durably(
+                    &dir,
+                    &format!("{id}.json"),
+                    &serde_json::to_vec_pretty(&sidecar).unwrap(),
+                )?;
+                Some(crate::archive::write_durably(&dir, &format!("{id}.eml"), &raw)?)
+            }
+            _ => None,
+        };
+        let text = crate::parse::extract(&raw).model_text();
+        let decision = ReviewDecision {
+            time: stamp,
+            id: id.to_string(),
+            predicted: item.class.clone(),
+            corrected,
+            action,
+            reviewer: reviewer.to_string(),
+            model: item.model.clone(),
+            model_version: item.model_version.clone(),
+            text,
+        };
+        // Record first, then release the held copy: a crash in between leaves a decided copy
+        // still in the queue (decided again, harmless), never a lost decision.
+        let mut log = fs::OpenOptions::new().create(true).append(true).open(self.dir.join("decisions.jsonl"))?;
+        let mut line = serde_json::to_vec(&decision).unwrap();
+        line.push(b'\n');
+        log.write_all(&line)?;
+        log.sync_all()?;
+        fs::remove_file(self.dir.join(format!("{id}.eml")))?;
+        fs::remove_file(&sidecar_path)?;
+        sync_dir(&self.dir)?;
+        Ok((decision, dest))
+    }
+
+    /// All reviewer decisions so far.
+    pub fn decisions(&self) -> io::Result<Vec<ReviewDecision>> {
+        let path = self.dir.join("decisions.jsonl");
+        let text = match fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        };
+        Ok(text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect())
+    }
+}
+
+/// Ids are ours (hex); anything else could walk out of the folder.
+fn check_id(id: &str) -> Result<(), ReviewError> {
+    if id.is_empty() || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+        return Err(ReviewError::NotFound(id.to_string()));
+    }
+    Ok(())
+}
