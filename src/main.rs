@@ -46,6 +46,65 @@ enum Command {
     },
     /// Check the configuration and print it as TOML.
     CheckConfig,
+    /// The archive policy: simulate it on labelled mail.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+    /// The review queue (reads review.dir).
+    #[command(subcommand)]
+    Review(ReviewCommand),
+    /// The audit trail.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Run labelled mail through the classifier and the policy: privacy leak, record loss and
+    /// review rates, and the trade-off curve across review costs.
+    Simulate {
+        /// CSV with columns file,label[,split] (file relative to the CSV).
+        #[arg(long)]
+        labels: PathBuf,
+        /// Only rows of this split (e.g. test).
+        #[arg(long)]
+        split: Option<String>,
+        /// Write sweep.csv, tradeoff.svg and simulate.json here.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum ReviewCommand {
+    /// Held copies, oldest first.
+    List {
+        #[arg(long, value_enum, default_value = "table")]
+        format: Format,
+    },
+    /// Decide on a held copy: archive, archive-restricted or none, with the corrected class.
+    Decide {
+        id: String,
+        #[arg(long)]
+        action: String,
+        /// The correct class, when the model was wrong.
+        #[arg(long)]
+        class: Option<String>,
+        #[arg(long)]
+        reviewer: String,
+    },
+    /// Reviewer decisions with corrected labels, as JSONL training data.
+    Export,
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Verify a hash chain; exit 0 when intact, 1 naming the first broken record.
+    Verify {
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
 }
 
 fn init_tracing(cfg: &Config) {
@@ -83,6 +142,24 @@ fn real_main() -> anyhow::Result<()> {
                 ..cfg.clone()
             });
             runtime()?.block_on(cli::classify(&cfg, &paths, format))
+        }
+        Command::Policy(PolicyCommand::Simulate { labels, split, out, paths }) => {
+            init_tracing(&Config {
+                log: mailgrip::config::LogConfig { level: "warn".into(), ..cfg.log.clone() },
+                ..cfg.clone()
+            });
+            runtime()?.block_on(cli::policy::simulate(&cfg, &labels, split.as_deref(), out.as_deref(), &paths))
+        }
+        Command::Review(ReviewCommand::List { format }) => cli::review::list(&cfg, format),
+        Command::Review(ReviewCommand::Decide { id, action, class, reviewer }) => {
+            runtime()?.block_on(cli::review::decide(&cfg, &id, &action, class.as_deref(), &reviewer))
+        }
+        Command::Review(ReviewCommand::Export) => cli::review::export(&cfg),
+        Command::Audit(AuditCommand::Verify { paths }) => {
+            if !cli::audit::verify(&paths)? {
+                std::process::exit(1);
+            }
+            Ok(())
         }
         Command::Serve => {
             init_tracing(&cfg);

@@ -130,6 +130,7 @@ impl ReviewQueue {
         reviewer: &str,
         archive: &Archive,
         restricted: &Archive,
+        mdto: &crate::mdto::MdtoConfig,
     ) -> Result<(ReviewDecision, Option<PathBuf>), ReviewError> {
         if action == Action::Review {
             return Err(ReviewError::Invalid("a review decision is archive, archive-restricted or none".into()));
@@ -162,6 +163,30 @@ impl ReviewQueue {
                     &format!("{id}.json"),
                     &serde_json::to_vec_pretty(&sidecar).unwrap(),
                 )?;
+                let extracted = crate::parse::extract(&raw);
+                let sha = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&raw));
+                let model_id = format!("{}@{}", item.model, item.model_version);
+                let eml_file = format!("{id}.eml");
+                let reason = format!("beoordeeld door {reviewer}: {}", action.as_str());
+                let record = crate::mdto::Record {
+                    id,
+                    message_id: extracted.message_id.as_deref(),
+                    subject: &extracted.subject,
+                    class: &corrected,
+                    model: &model_id,
+                    sent: extracted.date.as_deref().and_then(|d| {
+                        time::OffsetDateTime::parse(d, &time::format_description::well_known::Rfc3339).ok()
+                    }),
+                    archived: now,
+                    eml_file: &eml_file,
+                    size: raw.len() as u64,
+                    sha256: &sha,
+                    restricted: action == Action::ArchiveRestricted,
+                    restriction_reason: (action == Action::ArchiveRestricted).then_some(reason.as_str()),
+                };
+                for (name, bytes) in crate::archive::mdto_files(mdto, &record) {
+                    crate::archive::write_durably(&dir, &name, &bytes)?;
+                }
                 Some(crate::archive::write_durably(&dir, &format!("{id}.eml"), &raw)?)
             }
             _ => None,

@@ -8,52 +8,12 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+mod common;
+
+use common::{validate, xmllint, xsd};
 use mailgrip::mdto::{self, MdtoConfig, Record, Selection};
 use time::OffsetDateTime;
 use time::macros::datetime;
-
-const INSTALL: &str = "install it with `apt-get update && apt-get install -y libxml2-utils` \
-                       (or set XMLLINT to its path)";
-
-fn xmllint() -> PathBuf {
-    let bin = std::env::var_os("XMLLINT").map_or_else(|| PathBuf::from("xmllint"), PathBuf::from);
-    match Command::new(&bin).arg("--version").output() {
-        Ok(out) if out.status.success() => bin,
-        Ok(out) => panic!("`{} --version` failed ({}): {INSTALL}", bin.display(), String::from_utf8_lossy(&out.stderr)),
-        Err(e) => panic!("xmllint not found ({}: {e}): {INSTALL}", bin.display()),
-    }
-}
-
-fn xsd() -> PathBuf {
-    let path = std::env::var_os("MDTO_XSD")
-        .map_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/mdto/MDTO-XML1.0.1.xsd"), PathBuf::from);
-    assert!(
-        path.is_file(),
-        "MDTO XSD not found at {}: set MDTO_XSD to MDTO-XML1.0.1.xsd (published by the Nationaal \
-         Archief at https://www.nationaalarchief.nl/mdto/MDTO-XML1.0.1.xsd)",
-        path.display()
-    );
-    path
-}
-
-/// Run `xmllint --noout --schema` over `files`; Ok or the tool's complaint.
-fn validate(files: &[PathBuf]) -> Result<(), String> {
-    let out = Command::new(xmllint())
-        .arg("--noout")
-        .arg("--schema")
-        .arg(xsd())
-        .args(files)
-        .output()
-        .expect("running xmllint");
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    if out.status.success() {
-        // Each valid file is reported as "FILE validates".
-        assert_eq!(stderr.matches(" validates").count(), files.len(), "{stderr}");
-        Ok(())
-    } else {
-        Err(stderr)
-    }
-}
 
 /// The string value of an XPath expression (namespace-agnostic via `local-name()`).
 fn xpath(file: &Path, expr: &str) -> String {

@@ -1,5 +1,10 @@
 //! Offline commands: `classify` and `extract` run `.eml` files, folders and mbox files through
-//! the same parse and classify code as the daemon.
+//! the same parse and classify code as the daemon; `policy`, `review` and `audit` serve the
+//! archivist and the auditor.
+
+pub mod audit;
+pub mod policy;
+pub mod review;
 
 use std::path::{Path, PathBuf};
 

@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -360,4 +361,49 @@ pub fn split_tags(data: &[u8]) -> (Vec<String>, Vec<u8>) {
         pos = end;
     }
     (tags, data[pos..].to_vec())
+}
+
+// ---- MDTO schema validation (xmllint + the official XSD beside the repository)
+
+const INSTALL: &str = "install it with `apt-get update && apt-get install -y libxml2-utils` \
+                       (or set XMLLINT to its path)";
+
+pub fn xmllint() -> PathBuf {
+    let bin = std::env::var_os("XMLLINT").map_or_else(|| PathBuf::from("xmllint"), PathBuf::from);
+    match Command::new(&bin).arg("--version").output() {
+        Ok(out) if out.status.success() => bin,
+        Ok(out) => panic!("`{} --version` failed ({}): {INSTALL}", bin.display(), String::from_utf8_lossy(&out.stderr)),
+        Err(e) => panic!("xmllint not found ({}: {e}): {INSTALL}", bin.display()),
+    }
+}
+
+pub fn xsd() -> PathBuf {
+    let path = std::env::var_os("MDTO_XSD")
+        .map_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/mdto/MDTO-XML1.0.1.xsd"), PathBuf::from);
+    assert!(
+        path.is_file(),
+        "MDTO XSD not found at {}: set MDTO_XSD to MDTO-XML1.0.1.xsd (published by the Nationaal \
+         Archief at https://www.nationaalarchief.nl/mdto/MDTO-XML1.0.1.xsd)",
+        path.display()
+    );
+    path
+}
+
+/// Run `xmllint --noout --schema` over `files`; Ok or the tool's complaint.
+pub fn validate(files: &[PathBuf]) -> Result<(), String> {
+    let out = Command::new(xmllint())
+        .arg("--noout")
+        .arg("--schema")
+        .arg(xsd())
+        .args(files)
+        .output()
+        .expect("running xmllint");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    if out.status.success() {
+        // Each valid file is reported as "FILE validates".
+        assert_eq!(stderr.matches(" validates").count(), files.len(), "{stderr}");
+        Ok(())
+    } else {
+        Err(stderr)
+    }
 }
