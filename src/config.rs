@@ -179,7 +179,9 @@ pub struct ModelConfig {
     pub queue_size: usize,
     /// Milliseconds a request may wait for room in the queue and for its result.
     pub queue_timeout_ms: u64,
-    /// Most messages inferred in one batch.
+    /// Most messages inferred in one batch. Default 1: with dynamically quantized (int8) models
+    /// the activation scale is taken over the whole batch, so batching would make a message's
+    /// scores depend on the other traffic; and on CPU batching barely helps throughput.
     pub max_batch: usize,
     /// Microseconds a worker waits for more requests to fill a batch (0: take only what is queued).
     pub batch_window_us: u64,
@@ -194,7 +196,7 @@ impl Default for ModelConfig {
             intra_threads: 0,
             queue_size: 256,
             queue_timeout_ms: 30_000,
-            max_batch: 8,
+            max_batch: 1,
             batch_window_us: 0,
         }
     }
