@@ -89,7 +89,7 @@ class CharWbAnalyzer:
     """char_wb n-grams. `rust_repeat=True` reproduces baseline.rs: a padded word of exactly n
     characters (n < max n) is counted for n and once more for n+1."""
 
-    def __init__(self, lo: int, hi: int, rust_repeat: bool = True):
+    def __init__(self, lo: int, hi: int, rust_repeat: bool = False):
         self.lo, self.hi, self.rust_repeat = lo, hi, rust_repeat
 
     def __call__(self, text: str) -> list[str]:
@@ -118,7 +118,7 @@ def make_vectorizers(args):
     if args.features == "mailgrip":
         word = TfidfVectorizer(analyzer=WordAnalyzer(wlo, whi), min_df=args.word_min_df,
                                max_features=args.word_max_features, **common)
-        char = TfidfVectorizer(analyzer=CharWbAnalyzer(clo, chi, rust_repeat=True),
+        char = TfidfVectorizer(analyzer=CharWbAnalyzer(clo, chi, rust_repeat=False),
                                min_df=args.char_min_df, max_features=args.char_max_features,
                                **common)
     else:

@@ -3,8 +3,10 @@
 //! recomputes the same features from the exported vocabulary, and a parity test over the whole
 //! corpus (`tests/baseline_parity.rs`) checks that both sides give the same probabilities.
 //!
-//! Feature rules mirror scikit-learn's `TfidfVectorizer`: lower-case; words are
-//! `(?u)\b\w\w+\b` joined into n-grams with one space; `char_wb` n-grams are taken from each
+//! Feature rules mirror scikit-learn's `TfidfVectorizer` (`analyzer="word"` and `"char_wb"`),
+//! with Rust's Unicode rules for what a word character and whitespace are (the Python side
+//! follows these, see `--features mailgrip` in baseline.py): lower-case; words are
+//! `\b\w\w+\b` joined into n-grams with one space; `char_wb` n-grams are taken from each
 //! whitespace-separated word padded with one space on both sides; tf is `1 + ln(count)` when
 //! `sublinear_tf`; each block is multiplied by idf and L2-normalised on its own.
 
@@ -128,6 +130,10 @@ impl BaselineBackend {
                         }
                         for w in padded.windows(n) {
                             add(&w.iter().collect::<String>());
+                        }
+                        if padded.len() == n {
+                            // Like scikit-learn: a word that fits one n-gram is not counted again.
+                            break;
                         }
                     }
                 }
