@@ -90,6 +90,11 @@ fn split_mbox(raw: &[u8]) -> Vec<Vec<u8>> {
     msgs
 }
 
+/// How many offline requests may be in flight at once: enough to fill every worker's batches.
+pub fn in_flight(cfg: &Config) -> std::sync::Arc<tokio::sync::Semaphore> {
+    std::sync::Arc::new(tokio::sync::Semaphore::new((cfg.model.workers * cfg.model.max_batch * 2).max(2)))
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
     Jsonl,
@@ -103,11 +108,15 @@ pub async fn classify(cfg: &Config, paths: &[PathBuf], format: Format) -> anyhow
     let model_cfg = cfg.model.clone();
     let classifier = tokio::task::spawn_blocking(move || Classifier::start(&model_cfg, metrics)).await??;
     let model = classifier.info().id();
-    // Submit everything at once so the workers can batch; print in input order.
+    // Keep the workers busy without queueing so much that requests hit model.queue_timeout_ms
+    // (that timeout is for live SMTP traffic); print in input order.
+    let in_flight = in_flight(cfg);
     let mut handles = Vec::with_capacity(inputs.len());
     for input in inputs {
         let c = classifier.clone();
+        let in_flight = in_flight.clone();
         handles.push(tokio::spawn(async move {
+            let _permit = in_flight.acquire_owned().await?;
             let extracted = tokio::task::spawn_blocking(move || parse::extract(&input.raw)).await?;
             let result = match &extracted.parse_error {
                 Some(e) => Err(format!("parse: {e}")),

@@ -94,6 +94,7 @@ pub async fn simulate(
         let model_cfg = cfg.model.clone();
         tokio::task::spawn_blocking(move || Classifier::start(&model_cfg, Arc::new(Metrics::new()))).await??
     };
+    let in_flight = super::in_flight(cfg);
     let mut handles = Vec::new();
     for input in inputs {
         let path = PathBuf::from(&input.name);
@@ -103,7 +104,9 @@ pub async fn simulate(
             continue;
         }
         let c = classifier.clone();
+        let in_flight = in_flight.clone();
         handles.push(tokio::spawn(async move {
+            let _permit = in_flight.acquire_owned().await?;
             let text = tokio::task::spawn_blocking(move || crate::parse::extract(&input.raw).model_text()).await?;
             anyhow::Ok((class, c.classify(text).await?))
         }));
