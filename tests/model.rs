@@ -16,11 +16,7 @@ fn tiny() -> std::path::PathBuf {
 
 #[tokio::test]
 async fn rust_reproduces_python_probabilities() {
-    let cfg = ModelConfig {
-        dir: tiny(),
-        max_batch: 4,
-        ..Default::default()
-    };
+    let cfg = ModelConfig { dir: tiny(), max_batch: 4, ..Default::default() };
     let classifier = Classifier::start(&cfg, Arc::new(Metrics::new())).unwrap();
     let expected = std::fs::read_to_string(tiny().join("expected.jsonl")).unwrap();
     let mut n = 0;
@@ -29,27 +25,14 @@ async fn rust_reproduces_python_probabilities() {
     for line in expected.lines() {
         let v: serde_json::Value = serde_json::from_str(line).unwrap();
         let text = v["text"].as_str().unwrap().to_string();
-        let probs: Vec<f32> = v["probs"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|p| p.as_f64().unwrap() as f32)
-            .collect();
+        let probs: Vec<f32> = v["probs"].as_array().unwrap().iter().map(|p| p.as_f64().unwrap() as f32).collect();
         let c = classifier.clone();
-        pending.push((
-            text.clone(),
-            probs,
-            tokio::spawn(async move { c.classify(text).await }),
-        ));
+        pending.push((text.clone(), probs, tokio::spawn(async move { c.classify(text).await })));
     }
     for (text, probs, handle) in pending {
         let scores = handle.await.unwrap().unwrap();
         for (a, b) in scores.0.iter().zip(&probs) {
-            assert!(
-                (a - b).abs() < 1e-4,
-                "text {text:?}: rust {:?} vs python {probs:?}",
-                scores.0
-            );
+            assert!((a - b).abs() < 1e-4, "text {text:?}: rust {:?} vs python {probs:?}", scores.0);
         }
         n += 1;
     }
@@ -71,14 +54,8 @@ fn wrong_sha256_is_refused_with_a_clear_error() {
     std::fs::write(&path, bytes).unwrap();
     let err = VerifiedModel::load(tmp.path()).unwrap_err().to_string();
     assert!(err.contains("sha256 mismatch for model.onnx"), "{err}");
-    let cfg = ModelConfig {
-        dir: tmp.path().to_path_buf(),
-        ..Default::default()
-    };
-    assert!(
-        Classifier::start(&cfg, Arc::new(Metrics::new())).is_err(),
-        "the daemon must not start on it"
-    );
+    let cfg = ModelConfig { dir: tmp.path().to_path_buf(), ..Default::default() };
+    assert!(Classifier::start(&cfg, Arc::new(Metrics::new())).is_err(), "the daemon must not start on it");
 }
 
 #[test]
@@ -88,11 +65,8 @@ fn manifest_must_name_every_file_and_the_five_labels() {
         std::fs::copy(tiny().join(f), tmp.path().join(f)).unwrap();
     }
     let manifest = std::fs::read_to_string(tiny().join("manifest.toml")).unwrap();
-    let no_tok: String = manifest
-        .lines()
-        .filter(|l| !l.starts_with("\"tokenizer.json\""))
-        .collect::<Vec<_>>()
-        .join("\n");
+    let no_tok: String =
+        manifest.lines().filter(|l| !l.starts_with("\"tokenizer.json\"")).collect::<Vec<_>>().join("\n");
     std::fs::write(tmp.path().join("manifest.toml"), no_tok).unwrap();
     let err = VerifiedModel::load(tmp.path()).unwrap_err().to_string();
     assert!(err.contains("no sha256 for tokenizer.json"), "{err}");
