@@ -104,6 +104,10 @@ fn main() {
 
     // Raw ONNX Runtime on the same model and the same texts, one sequence per call, same threads.
     let verified = VerifiedModel::load(&model).unwrap();
+    if verified.manifest.kind != "onnx" {
+        println!("raw ONNX Runtime: not applicable to a {} model", verified.manifest.kind);
+        return;
+    }
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let mut backend = OnnxBackend::load(&verified, "", cores).unwrap();
     let seqs: Vec<Vec<u32>> = inputs
