@@ -49,6 +49,9 @@ pub struct ReviewDecision {
     pub model_version: String,
     /// The model text of the message (layout of the model), for retraining.
     pub text: String,
+    /// The message's Message-ID (hashed before it goes into the audit trail).
+    #[serde(default)]
+    pub message_id: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -149,6 +152,7 @@ impl ReviewQueue {
         let sidecar_path = self.dir.join(format!("{id}.json"));
         let mut sidecar: serde_json::Value = serde_json::from_slice(&fs::read(&sidecar_path)?)
             .map_err(|e| ReviewError::Invalid(format!("{id}.json: {e}")))?;
+        let extracted = crate::parse::extract(&raw);
         let dest = match action {
             Action::Archive | Action::ArchiveRestricted => {
                 let store = if action == Action::Archive { archive } else { restricted };
@@ -163,7 +167,6 @@ impl ReviewQueue {
                     &format!("{id}.json"),
                     &serde_json::to_vec_pretty(&sidecar).unwrap(),
                 )?;
-                let extracted = crate::parse::extract(&raw);
                 let sha = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&raw));
                 let model_id = format!("{}@{}", item.model, item.model_version);
                 let eml_file = format!("{id}.eml");
@@ -191,7 +194,7 @@ impl ReviewQueue {
             }
             _ => None,
         };
-        let text = crate::parse::extract(&raw).model_text();
+        let text = extracted.model_text();
         let decision = ReviewDecision {
             time: stamp,
             id: id.to_string(),
@@ -202,6 +205,7 @@ impl ReviewQueue {
             model: item.model.clone(),
             model_version: item.model_version.clone(),
             text,
+            message_id: extracted.message_id.clone(),
         };
         // Record first, then release the held copy: a crash in between leaves a decided copy
         // still in the queue (decided again, harmless), never a lost decision.

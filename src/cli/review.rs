@@ -1,8 +1,6 @@
 //! `mailgrip review list | decide | export`: the archivist's queue from the command line.
 //! All three read `review.dir` from the configuration (or `MAILGRIP__REVIEW__DIR`).
 
-use std::path::PathBuf;
-
 use anyhow::Context;
 use serde_json::json;
 
@@ -49,10 +47,7 @@ pub async fn decide(cfg: &Config, id: &str, action: &str, class: Option<&str>, r
         &Archive::new(&cfg.archive.restricted_dir),
         &cfg.mdto,
     )?;
-    let message_id =
-        crate::parse::extract(&std::fs::read(dest.as_ref().unwrap_or(&PathBuf::new())).unwrap_or_default())
-            .message_id
-            .map(|m| audit.hash_message_id(&m));
+    let message_id = decision.message_id.as_deref().map(|m| audit.hash_message_id(m));
     audit
         .append(Entry {
             kind: "review".into(),
