@@ -26,6 +26,9 @@ cargo test --release --locked
 step "Postfix end-to-end (content filter, kill -9 mid-stream)"
 tests/postfix/e2e.sh
 
+step "deploy kit: Prometheus rules (promtool), Grafana dashboard, systemd unit"
+tests/deploy/check.sh
+
 if [ -f models/training/tests/test_smoke.py ]; then
     step "training smoke test (tiny local BERT: fine-tune, export, ONNX == torch)"
     scripts/setup-training.sh
