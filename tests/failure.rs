@@ -6,6 +6,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::*;
+use mailgrip::config::OnClassifyError;
 use sha2::{Digest, Sha256};
 
 /// A copy of the tiny model whose tokenizer maps one word to an id beyond the embedding table:
@@ -25,21 +26,28 @@ fn broken_model(dir: &Path) {
     std::fs::write(dir.join("manifest.toml"), manifest.replace(old, &new)).unwrap();
 }
 
-const BAD: &[u8] = b"From: a@example.nl\r\nSubject: kapotwoord\r\n\r\nkapotwoord\r\n";
-const GOOD: &[u8] = b"From: a@example.nl\r\nSubject: gewoon\r\n\r\nhallo\r\n";
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn classifier_failure_relays_unclassified_by_default() {
+/// A gateway on the broken model, relaying to a fresh sink, with an open session after EHLO.
+async fn start_broken(on_error: OnClassifyError) -> (tempfile::TempDir, Sink, Gateway, Client) {
     let model = tempfile::tempdir().unwrap();
     broken_model(model.path());
     let sink = Sink::start().await;
     let dir = model.path().to_path_buf();
     let gw = start(Some(sink.addr), move |c| {
         c.model.dir = dir;
+        c.classify.on_error = on_error;
     })
     .await;
-    let mut c = Client::connect(gw.smtp).await.unwrap();
-    c.cmd("EHLO x").await.unwrap();
+    let mut client = Client::connect(gw.smtp).await.unwrap();
+    client.cmd("EHLO x").await.unwrap();
+    (model, sink, gw, client)
+}
+
+const BAD: &[u8] = b"From: a@example.nl\r\nSubject: kapotwoord\r\n\r\nkapotwoord\r\n";
+const GOOD: &[u8] = b"From: a@example.nl\r\nSubject: gewoon\r\n\r\nhallo\r\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn classifier_failure_relays_unclassified_by_default() {
+    let (_model, sink, gw, mut c) = start_broken(OnClassifyError::RelayUnclassified).await;
     let r = c.transaction("a@example.nl", &["b@example.nl"], BAD).await;
     assert!(r.starts_with("250"), "{r}");
     let r = c.transaction("a@example.nl", &["b@example.nl"], GOOD).await;
@@ -66,17 +74,7 @@ async fn classifier_failure_relays_unclassified_by_default() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn classifier_failure_can_tempfail_instead_never_5xx() {
-    let model = tempfile::tempdir().unwrap();
-    broken_model(model.path());
-    let sink = Sink::start().await;
-    let dir = model.path().to_path_buf();
-    let gw = start(Some(sink.addr), move |c| {
-        c.model.dir = dir;
-        c.classify.on_error = mailgrip::config::OnClassifyError::Tempfail;
-    })
-    .await;
-    let mut c = Client::connect(gw.smtp).await.unwrap();
-    c.cmd("EHLO x").await.unwrap();
+    let (_model, sink, _gw, mut c) = start_broken(OnClassifyError::Tempfail).await;
     let r = c.transaction("a@example.nl", &["b@example.nl"], BAD).await;
     assert!(r.starts_with("451 4.3.0"), "{r}");
     tokio::time::sleep(Duration::from_millis(100)).await;
