@@ -218,8 +218,7 @@ impl Gateway {
         })
         .await;
         let (tagged, forged, staged) = match staged {
-            Ok((tagged, forged, Some(Err(e)))) => {
-                let _ = (tagged, forged);
+            Ok((_, _, Some(Err(e)))) => {
                 m.error("archive", "stage");
                 warn!(error = %e, "archive copy could not be written; deferring");
                 m.messages.with_label_values(&[&decision.class, "tempfailed"]).inc();
