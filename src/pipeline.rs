@@ -85,9 +85,10 @@ impl Gateway {
     async fn process_inner(self: &Arc<Self>, id: &str, env: Envelope, raw: Vec<u8>) -> SmtpReply {
         let m = &self.metrics;
         // Parse on the blocking pool: a 20 MB message is real CPU work.
-        let (raw, extracted) = match tokio::task::spawn_blocking(move || {
+        let (raw, extracted, text) = match tokio::task::spawn_blocking(move || {
             let e = parse::extract(&raw);
-            (raw, e)
+            let text = e.model_text();
+            (raw, e, text)
         })
         .await
         {
@@ -105,7 +106,7 @@ impl Gateway {
                 m.error("parse", "unparseable");
                 (self.policy.unclassified(&format!("parse: {why}")), None)
             }
-            None => match self.classifier.classify(extracted.model_text()).await {
+            None => match self.classifier.classify(text).await {
                 Ok(scores) => (self.policy.decide(&scores), Some(scores)),
                 Err(e) => {
                     m.error("classify", e.kind());

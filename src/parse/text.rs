@@ -27,7 +27,8 @@ pub fn model_text(subject: &str, attachments: &[String], body: &str) -> String {
         out.push_str("\nBijlagen: ");
         out.push_str(&attachments.iter().map(|a| squash(a)).collect::<Vec<_>>().join("; "));
     }
-    let (new, quoted) = split_quoted(body);
+    // Only the start of a body can reach the model: don't scan megabytes for quote markers.
+    let (new, quoted) = split_quoted(prefix_on_char_boundary(body, MAX_CHARS * 16));
     for part in [new, quoted] {
         let part = normalise_body(part);
         if !part.is_empty() {
@@ -135,6 +136,17 @@ fn squash(s: &str) -> String {
         }
     }
     out
+}
+
+fn prefix_on_char_boundary(s: &str, max_bytes: usize) -> &str {
+    if s.len() <= max_bytes {
+        return s;
+    }
+    let mut end = max_bytes;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
 }
 
 fn truncate_chars(mut s: String, max: usize) -> String {
