@@ -54,11 +54,13 @@ def log(msg: str) -> None:
 
 
 # ----------------------------------------------------------------------------- model
-def build_classifier(base: str, num_labels: int, pooling: str, dropout: float):
+def build_classifier(base: str, num_labels: int, pooling: str, dropout: float, num_layers: int = 0):
     import torch
     from transformers import AutoModel
 
     kw = {}
+    if num_layers:  # keep only the first N encoder layers (a shallower, faster model)
+        kw["num_hidden_layers"] = num_layers
     if os.environ.get("HF_HUB_OFFLINE") == "1" or Path(base).is_dir():
         kw["local_files_only"] = True
     encoder = AutoModel.from_pretrained(base, attn_implementation="eager", **kw)
@@ -430,6 +432,8 @@ def main() -> int:
     ap.add_argument("--train-layers", type=int, default=4,
                     help="adapt only the top N layers; the frozen lower layers are computed once "
                          "and cached (0: all layers)")
+    ap.add_argument("--num-layers", type=int, default=0,
+                    help="keep only the first N encoder layers of the base (0: all)")
     ap.add_argument("--keep", choices=["best", "last"], default="best")
     ap.add_argument("--quantize", default="auto",
                     help="auto | none | int8 | int8-pc | int8-ffnfp32 (auto: compare on validation)")
@@ -477,7 +481,7 @@ def main() -> int:
     lens = [len(x) for x in enc["train"]]
     log(f"train tokens/mail: mean {np.mean(lens):.0f}, truncated at {args.max_tokens}: "
         f"{np.mean(np.array(lens) >= args.max_tokens):.0%}")
-    model = build_classifier(args.base, len(LABELS), args.pooling, args.dropout)
+    model = build_classifier(args.base, len(LABELS), args.pooling, args.dropout, args.num_layers)
 
     # 3. train
     state = train(args, model, enc["train"], ys["train"], enc["validation"], ys["validation"], pad_id, work)
