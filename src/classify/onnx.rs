@@ -46,8 +46,8 @@ pub fn find_ort_library(configured: &str) -> Option<PathBuf> {
     }
     let mut roots = vec![PathBuf::from(".")];
     if let Ok(exe) = std::env::current_exe() {
-        // target/release/mailgrip -> repository root
-        roots.extend(exe.ancestors().skip(1).take(3).map(Path::to_path_buf));
+        // target/release/mailgrip and target/release/deps/<test> -> repository root
+        roots.extend(exe.ancestors().skip(1).take(4).map(Path::to_path_buf));
     }
     for root in roots {
         let lib = root.join(".venv/lib");
