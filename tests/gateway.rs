@@ -92,7 +92,7 @@ async fn every_fixture_arrives_tagged_once_with_original_bytes_and_is_archived()
 
     // Archive: one .eml + .json per classified message, the .eml identical to what was relayed.
     let mut emls = Vec::new();
-    for entry in walk(&gw.archive_dir()) {
+    for entry in files_under(&gw.archive_dir()) {
         if entry.extension().is_some_and(|e| e == "eml")
             && !entry.strip_prefix(gw.archive_dir()).unwrap().starts_with(".tmp")
         {
@@ -125,17 +125,6 @@ async fn every_fixture_arrives_tagged_once_with_original_bytes_and_is_archived()
     assert!(metric_sum(&m, "mailgrip_batch_size_count", "") >= 1.0);
     assert_eq!(metric_sum(&m, "mailgrip_model_info", "name=\"tiny-test\""), 1.0);
     assert!(m.contains("mailgrip_sessions_in_flight 1"), "this session is still open");
-}
-
-fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    if let Ok(entries) = std::fs::read_dir(dir) {
-        for e in entries.flatten() {
-            let p = e.path();
-            if p.is_dir() { out.extend(walk(&p)) } else { out.push(p) }
-        }
-    }
-    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -258,7 +247,7 @@ async fn next_hop_down_tempfails_and_nothing_is_lost() {
     let r = c.transaction("a@example.nl", &["b@example.nl"], &fixture("latin1.eml")).await;
     assert!(r.starts_with("451 4.4.1"), "next hop down must tempfail, got {r}");
     // No archive copy of a message that was not delivered.
-    assert!(walk(&gw.archive_dir()).iter().all(|p| p.extension().is_none_or(|e| e != "eml")));
+    assert!(files_under(&gw.archive_dir()).iter().all(|p| p.extension().is_none_or(|e| e != "eml")));
     let (status, body) = http_get(gw.metrics, "/readyz").await;
     assert_eq!(status, 503, "{body}");
     let m = gw.metrics_text().await;
@@ -374,7 +363,7 @@ async fn dir_relay_writes_message_and_envelope() {
     let r = c.transaction("a@example.nl", &["b@example.nl", "c@example.nl"], &fixture("html-only.eml")).await;
     assert!(r.starts_with("250"), "{r}");
     let outbox = gw.dir.path().join("outbox");
-    let files = walk(&outbox);
+    let files = files_under(&outbox);
     let eml = files.iter().find(|p| p.extension().is_some_and(|e| e == "eml")).expect("relayed .eml");
     let data = std::fs::read(eml).unwrap();
     assert_tagged_once(&data);

@@ -34,17 +34,6 @@ fn cli(dir: &Path, args: &[&str]) -> (bool, String, String) {
     )
 }
 
-fn files(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    if let Ok(entries) = std::fs::read_dir(dir) {
-        for e in entries.flatten() {
-            let p = e.path();
-            if p.is_dir() { out.extend(files(&p)) } else { out.push(p) }
-        }
-    }
-    out
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn held_mail_is_decided_archived_with_mdto_and_audited() {
     let sink = Sink::start().await;
@@ -65,7 +54,7 @@ async fn held_mail_is_decided_archived_with_mdto_and_audited() {
     use std::os::unix::fs::PermissionsExt;
     let review_dir = dir.join("review");
     assert_eq!(std::fs::metadata(&review_dir).unwrap().permissions().mode() & 0o777, 0o700);
-    for f in files(&review_dir) {
+    for f in files_under(&review_dir) {
         assert_eq!(std::fs::metadata(&f).unwrap().permissions().mode() & 0o777, 0o600, "{}", f.display());
     }
     let m = gw.metrics_text().await;
@@ -92,7 +81,7 @@ async fn held_mail_is_decided_archived_with_mdto_and_audited() {
     assert!(!ok, "ids cannot walk out of the queue");
 
     // The archive copy and its MDTO sidecars.
-    let archived = files(&dir.join("archive"));
+    let archived = files_under(&dir.join("archive"));
     let eml =
         archived.iter().find(|p| p.file_name().unwrap() == format!("{first}.eml").as_str()).expect("archive copy");
     let info = eml.with_file_name(format!("{first}.mdto.xml"));
@@ -107,7 +96,7 @@ async fn held_mail_is_decided_archived_with_mdto_and_audited() {
             .contains(&format!("<omvang>{}</omvang>", std::fs::metadata(eml).unwrap().len()))
     );
     assert!(!archived.iter().any(|p| p.to_string_lossy().contains(&second)), "`none` leaves no copy");
-    assert!(files(&review_dir).iter().all(|p| !p.to_string_lossy().ends_with(".eml")), "queue empty");
+    assert!(files_under(&review_dir).iter().all(|p| !p.to_string_lossy().ends_with(".eml")), "queue empty");
 
     // Corrected labels are training data.
     let (ok, out, _) = cli(&dir, &["review", "export"]);
@@ -158,7 +147,7 @@ async fn shadow_mode_tags_and_audits_but_routes_nothing() {
     let text = String::from_utf8_lossy(&got[0].data).into_owned();
     assert!(text.contains("X-Mailgrip-Action: review\r\n"), "{text}");
     assert!(text.contains(" shadow\r\n"), "policy header names the mode: {text}");
-    assert!(files(&gw.dir.path().join("review")).iter().all(|p| p.extension().is_none_or(|e| e != "eml")));
+    assert!(files_under(&gw.dir.path().join("review")).iter().all(|p| p.extension().is_none_or(|e| e != "eml")));
     let m = gw.metrics_text().await;
     assert_eq!(metric_sum(&m, "mailgrip_decisions_total", "mode=\"shadow\""), 1.0);
     let audit = std::fs::read_to_string(gw.dir.path().join("audit/audit.jsonl")).unwrap();
@@ -179,7 +168,7 @@ async fn archived_copies_carry_valid_mdto() {
         let r = c.transaction("a@example.nl", &["b@example.nl"], &fixture(f)).await;
         assert!(r.starts_with("250"), "{r}");
     }
-    let xml: Vec<PathBuf> = files(&gw.archive_dir())
+    let xml: Vec<PathBuf> = files_under(&gw.archive_dir())
         .into_iter()
         .filter(|p| p.to_string_lossy().ends_with(".mdto.xml") && !p.to_string_lossy().contains("/.tmp/"))
         .collect();

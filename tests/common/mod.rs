@@ -351,6 +351,18 @@ pub fn metric_sum(text: &str, name: &str, label_filter: &str) -> f64 {
         .sum()
 }
 
+/// Every file below `dir`, recursively (empty when `dir` does not exist).
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() { out.extend(files_under(&p)) } else { out.push(p) }
+        }
+    }
+    out
+}
+
 /// Split a received message into our prepended header lines and the rest.
 pub fn split_tags(data: &[u8]) -> (Vec<String>, Vec<u8>) {
     let mut tags = Vec::new();
