@@ -1,17 +1,22 @@
 //! The flow of one message after end-of-data:
 //! parse → classify → decide → tag → stage archive copy → relay → commit archive copy.
 //!
-//! Called by the SMTP session ([`crate::ingress`]) once per transaction. It returns the reply for
-//! the client; every failure is an explicit outcome (see the table in the README):
-//! next hop 2xx → `250`; next hop 4xx or unreachable → `451`; next hop 5xx → that 5xx;
-//! classifier failure → relayed as `unclassified` or `451`, per `classify.on_error`, never 5xx.
+//! [`Gateway::process`] is the whole flow, called by the SMTP session ([`crate::ingress`]) once per
+//! transaction. It returns the reply for the client; every failure is an explicit outcome (see the
+//! table in the README): next hop 2xx → `250`; next hop 4xx or unreachable → `451`; next hop 5xx →
+//! that 5xx; classifier failure → relayed as `unclassified` or `451`, per `classify.on_error`,
+//! never 5xx.
+//!
+//! Front ends that do not relay themselves use the two halves: [`Gateway::analyze`] (everything up
+//! to a staged archive copy) and [`Verdict::commit`] once the mail is safe elsewhere: the milter
+//! commits when the MTA takes the message over, journal mode when the archive copy is the goal.
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use tracing::{Instrument, info, info_span, warn};
 
-use crate::archive::{Archive, Sidecar};
+use crate::archive::{Archive, Sidecar, Staged};
 use crate::audit::{AuditLog, Entry};
 use crate::classify::{Classifier, Scores};
 use crate::config::{Config, OnClassifyError};
@@ -72,17 +77,32 @@ impl Gateway {
         }
     }
 
+    /// A new decision id (UUIDv7: sortable by time).
+    pub fn new_id() -> String {
+        uuid::Uuid::now_v7().simple().to_string()
+    }
+
     /// Process one received message and say what to answer the client.
     pub async fn process(self: &Arc<Self>, env: Envelope, raw: Vec<u8>) -> SmtpReply {
-        let id = uuid::Uuid::now_v7().simple().to_string();
+        let id = Self::new_id();
         let span = info_span!("message", id = %id, queue_id = env.queue_id().unwrap_or("-"), size = raw.len(), rcpts = env.rcpt_to.len());
         let started = Instant::now();
-        let reply = self.process_inner(&id, env, raw).instrument(span).await;
+        let reply = async {
+            match self.analyze(&id, &env, raw).await {
+                Ok(verdict) => self.relay_and_commit(&env, verdict).await,
+                Err(reply) => reply,
+            }
+        }
+        .instrument(span)
+        .await;
         self.metrics.processing_seconds.observe(started.elapsed().as_secs_f64());
         reply
     }
 
-    async fn process_inner(self: &Arc<Self>, id: &str, env: Envelope, raw: Vec<u8>) -> SmtpReply {
+    /// Parse, classify, decide, audit, tag and stage the archive copy of one message. `env` is the
+    /// envelope recorded with the archive copy. `Err` is the reply for the client when the message
+    /// cannot be handled now (always 4xx: the sender keeps it and retries).
+    pub async fn analyze(self: &Arc<Self>, id: &str, env: &Envelope, raw: Vec<u8>) -> Result<Verdict, SmtpReply> {
         let m = &self.metrics;
         // Parse on the blocking pool: a 20 MB message is real CPU work.
         let (raw, extracted, text) = match tokio::task::spawn_blocking(move || {
@@ -96,7 +116,7 @@ impl Gateway {
             Err(e) => {
                 m.error("parse", "panic");
                 warn!(error = %e, "parser crashed");
-                return SmtpReply::new(451, "4.3.0 internal error while parsing, try again later");
+                return Err(SmtpReply::new(451, "4.3.0 internal error while parsing, try again later"));
             }
         };
 
@@ -114,7 +134,7 @@ impl Gateway {
                     match self.on_classify_error {
                         OnClassifyError::Tempfail => {
                             m.messages.with_label_values(&["unclassified", "tempfailed"]).inc();
-                            return SmtpReply::new(451, "4.3.0 classifier unavailable, try again later");
+                            return Err(SmtpReply::new(451, "4.3.0 classifier unavailable, try again later"));
                         }
                         OnClassifyError::RelayUnclassified => {
                             (self.policy.unclassified(&format!("classify: {e}")), None)
@@ -158,11 +178,12 @@ impl Gateway {
             m.error("audit", "write");
             warn!(error = %e, "audit trail not writable; deferring");
             m.messages.with_label_values(&[&decision.class, "tempfailed"]).inc();
-            return SmtpReply::new(451, "4.3.0 audit trail unavailable, try again later");
+            return Err(SmtpReply::new(451, "4.3.0 audit trail unavailable, try again later"));
         }
         let archive_copy = self.store_for(decision.action).is_some();
         let this = self.clone();
         let (id_owned, env_owned, decision_owned) = (id.to_string(), env.clone(), decision.clone());
+        let tags_kept = tags.clone();
         // Tagging copies the message and staging fsyncs it: both off the async workers.
         let staged = tokio::task::spawn_blocking(move || {
             let (tagged, forged) = tag(&raw, &tags);
@@ -223,13 +244,13 @@ impl Gateway {
                 m.error("archive", "stage");
                 warn!(error = %e, "archive copy could not be written; deferring");
                 m.messages.with_label_values(&[&decision.class, "tempfailed"]).inc();
-                return SmtpReply::new(451, "4.3.0 archive store unavailable, try again later");
+                return Err(SmtpReply::new(451, "4.3.0 archive store unavailable, try again later"));
             }
             Ok((tagged, forged, staged)) => (tagged, forged, staged.map(|s| s.expect("matched above"))),
             Err(e) => {
                 m.error("tag", "panic");
                 warn!(error = %e, "tagging crashed");
-                return SmtpReply::new(451, "4.3.0 internal error, try again later");
+                return Err(SmtpReply::new(451, "4.3.0 internal error, try again later"));
             }
         };
         if forged > 0 {
@@ -237,32 +258,36 @@ impl Gateway {
             warn!(removed = forged, "removed X-Mailgrip headers that arrived from outside");
         }
 
+        Ok(Verdict {
+            id: id.to_string(),
+            decision,
+            tags: tags_kept,
+            tagged,
+            forged,
+            scores_log: scores.map(|s| s.header_value()).unwrap_or_default(),
+            staged,
+        })
+    }
+
+    /// Relay the tagged message; commit its archive copy only once the next hop holds it.
+    async fn relay_and_commit(&self, env: &Envelope, verdict: Verdict) -> SmtpReply {
+        let m = &self.metrics;
         let relay_timer = m.relay_seconds.with_label_values(&[self.relay.mode()]).start_timer();
-        let relayed = self.relay.send(id, &env, &tagged).await;
+        let relayed = self.relay.send(&verdict.id, env, &verdict.tagged).await;
         relay_timer.observe_duration();
-        let scores_log = scores.map(|s| s.header_value()).unwrap_or_default();
         match relayed {
             Ok(remote) => {
-                if let Some(staged) = staged {
-                    match tokio::task::spawn_blocking(move || staged.commit()).await {
-                        Ok(Ok(_)) => m.archived.with_label_values(&[decision.action.as_str()]).inc(),
-                        other => {
-                            // Delivered already: answering 4xx now would deliver twice. The staged
-                            // copy stays on disk under archive.dir/.tmp for recovery.
-                            m.error("archive", "commit");
-                            warn!(result = ?other.map(|r| r.err()), "archive commit failed after delivery; staged copy kept in .tmp");
-                        }
-                    }
-                }
-                m.messages.with_label_values(&[&decision.class, "relayed"]).inc();
-                info!(class = %decision.class, action = decision.action.as_str(), mode, policy = %self.policy.version(), scores = %scores_log,
-                      model = %self.classifier.info().id(), reason = %decision.reason, next_hop = %remote.text, "relayed");
-                SmtpReply::new(250, format!("2.0.0 Ok: {id} {} {}", decision.class, decision.action.as_str()))
+                let mode = self.policy.mode().as_str();
+                let (id, class, action) = (verdict.id.clone(), verdict.decision.class.clone(), verdict.decision.action);
+                info!(class = %class, action = action.as_str(), mode, policy = %self.policy.version(), scores = %verdict.scores_log,
+                      model = %self.classifier.info().id(), reason = %verdict.decision.reason, next_hop = %remote.text, "relayed");
+                verdict.commit(m).await;
+                m.messages.with_label_values(&[&class, "relayed"]).inc();
+                SmtpReply::new(250, format!("2.0.0 Ok: {id} {class} {}", action.as_str()))
             }
             Err(e) => {
-                if let Some(staged) = staged {
-                    staged.discard();
-                }
+                let decision = verdict.decision.clone();
+                verdict.discard();
                 m.error("relay", e.kind());
                 let (outcome, reply) = match &e {
                     RelayError::Refused(r) => ("rejected", SmtpReply::new(r.code, r.text.clone())),
@@ -275,6 +300,56 @@ impl Gateway {
                 warn!(class = %decision.class, error = %e, outcome, "not relayed");
                 reply
             }
+        }
+    }
+}
+
+/// The outcome of [`Gateway::analyze`]: the decision, the headers to add, the tagged message and
+/// its staged (fsynced, not yet visible) archive copy. Commit it once the mail is safe elsewhere,
+/// or discard it; dropping it leaves the staged files in `.tmp`.
+pub struct Verdict {
+    pub id: String,
+    pub decision: Decision,
+    pub tags: Tags,
+    /// The message as relayed: our headers first, forged `X-Mailgrip-*` fields removed.
+    pub tagged: Vec<u8>,
+    /// How many forged `X-Mailgrip-*` fields were removed.
+    pub forged: usize,
+    /// The scores as in the `X-Mailgrip-Scores` header (empty when unscored).
+    pub scores_log: String,
+    staged: Option<Staged>,
+}
+
+impl Verdict {
+    /// Whether there is an archive copy (archive, restricted or review) to commit.
+    pub fn has_archive_copy(&self) -> bool {
+        self.staged.is_some()
+    }
+
+    /// Make the archive copy visible. Called once the mail is delivered or otherwise held, so a
+    /// failure here is logged and counted, never turned into a reply: answering 4xx now would
+    /// deliver twice. The staged copy then stays under `.tmp` for recovery. Returns whether a
+    /// copy was committed.
+    pub async fn commit(self, m: &Metrics) -> bool {
+        let Some(staged) = self.staged else { return false };
+        let action = self.decision.action;
+        match tokio::task::spawn_blocking(move || staged.commit()).await {
+            Ok(Ok(_)) => {
+                m.archived.with_label_values(&[action.as_str()]).inc();
+                true
+            }
+            other => {
+                m.error("archive", "commit");
+                warn!(result = ?other.map(|r| r.err()), "archive commit failed after delivery; staged copy kept in .tmp");
+                false
+            }
+        }
+    }
+
+    /// Throw the staged copy away (the mail was not taken; the sender will retry).
+    pub fn discard(self) {
+        if let Some(staged) = self.staged {
+            staged.discard();
         }
     }
 }
