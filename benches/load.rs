@@ -30,7 +30,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let repo = common::repo();
-    let default_model = ["models/mailgrip-e5-nl", "tests/fixtures/tiny-model"]
+    let default_model = ["models/mailgrip-nl", "tests/fixtures/tiny-model"]
         .iter()
         .map(|p| repo.join(p))
         .find(|p| p.join("manifest.toml").exists())

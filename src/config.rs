@@ -190,7 +190,7 @@ pub struct ModelConfig {
 impl Default for ModelConfig {
     fn default() -> Self {
         Self {
-            dir: "models/mailgrip-e5-nl".into(),
+            dir: "models/mailgrip-nl".into(),
             ort_library: String::new(),
             workers: 1,
             intra_threads: 0,

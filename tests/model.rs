@@ -75,3 +75,58 @@ fn manifest_must_name_every_file_and_the_five_labels() {
     let err = VerifiedModel::load(tmp.path()).unwrap_err().to_string();
     assert!(err.contains("partijpolitiek"), "{err}");
 }
+
+/// A cascade of the tiny model (first) and the shipped baseline (second): it loads, pins both
+/// stages by their manifest's sha256, and combines them as documented.
+#[tokio::test]
+async fn cascade_pins_its_stages_and_combines_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sha = |p: &std::path::Path| mailgrip::classify::manifest::sha256_file(&p.join("manifest.toml")).unwrap();
+    let baseline = common::repo().join("models/mailgrip-baseline");
+    let manifest = |first_sha: &str, threshold: f32| {
+        format!(
+            "name = \"c\"\nversion = \"1\"\nkind = \"cascade\"\nlabels = [\"functioneel\", \"prive\", \"niet-functioneel\", \"personeelsvertrouwelijk\", \"partijpolitiek\"]\n\
+             [cascade]\nfirst = \"{}\"\nfirst_manifest_sha256 = \"{first_sha}\"\nsecond = \"{}\"\nsecond_manifest_sha256 = \"{}\"\nthreshold = {threshold}\n",
+            tiny().display(),
+            baseline.display(),
+            sha(&baseline)
+        )
+    };
+    let texts = ["Vergadering over de subsidieaanvraag", "Zullen we zaterdag gaan zwemmen met de kinderen?"];
+    let score = |dir: std::path::PathBuf| async move {
+        let cfg = ModelConfig { dir, ..Default::default() };
+        let c = Classifier::start(&cfg, Arc::new(Metrics::new())).unwrap();
+        let mut out = Vec::new();
+        for t in texts {
+            out.push(c.classify(t.to_string()).await.unwrap().0);
+        }
+        out
+    };
+    let first = score(tiny()).await;
+    let second = score(baseline.clone()).await;
+
+    // Threshold 1.0: the tiny model is never that sure, so every answer is the mean of both.
+    std::fs::write(tmp.path().join("manifest.toml"), manifest(&sha(&tiny()), 1.0)).unwrap();
+    let both = score(tmp.path().to_path_buf()).await;
+    for i in 0..texts.len() {
+        for k in 0..5 {
+            assert!((both[i][k] - (first[i][k] + second[i][k]) / 2.0).abs() < 1e-6, "{both:?}");
+        }
+    }
+    // A tiny threshold: the first stage always answers alone.
+    std::fs::write(tmp.path().join("manifest.toml"), manifest(&sha(&tiny()), 0.01)).unwrap();
+    assert_eq!(score(tmp.path().to_path_buf()).await, first);
+
+    // A stage whose manifest changed is refused.
+    std::fs::write(tmp.path().join("manifest.toml"), manifest(&"0".repeat(64), 0.5)).unwrap();
+    let err = VerifiedModel::load(tmp.path()).unwrap_err().to_string();
+    assert!(err.contains("sha256 mismatch for cascade.first"), "{err}");
+}
+
+/// The shipped default pins the manifests that are actually committed beside it.
+#[test]
+fn shipped_cascade_loads() {
+    let m = VerifiedModel::load(&common::repo().join("models/mailgrip-nl")).unwrap();
+    assert_eq!(m.manifest.kind, "cascade");
+    assert_eq!(m.parts.len(), 2);
+}

@@ -15,7 +15,7 @@ use crate::parse::LAYOUT;
 pub struct Manifest {
     pub name: String,
     pub version: String,
-    /// `onnx` or `baseline`.
+    /// `onnx`, `baseline` or `cascade`.
     pub kind: String,
     pub labels: Vec<String>,
     #[serde(default = "default_max_tokens")]
@@ -34,7 +34,26 @@ pub struct Manifest {
     pub baseline: BaselineSection,
     #[serde(default)]
     pub calibration: CalibrationSection,
+    #[serde(default)]
+    pub cascade: Option<CascadeSection>,
+    #[serde(default)]
     pub files: BTreeMap<String, String>,
+}
+
+/// `kind = "cascade"`: a fast first model answers when it is confident; otherwise the second
+/// model runs too and the two probability vectors are averaged. Both are model directories of
+/// their own, pinned here by the sha256 of their `manifest.toml` (which pins their files).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CascadeSection {
+    /// Model directory of the first stage, relative to this directory.
+    pub first: String,
+    pub first_manifest_sha256: String,
+    /// Model directory of the second stage, relative to this directory.
+    pub second: String,
+    pub second_manifest_sha256: String,
+    /// The first stage's answer stands when its top probability is at least this.
+    pub threshold: f32,
 }
 
 fn default_max_tokens() -> usize {
@@ -132,8 +151,11 @@ pub struct VerifiedModel {
     pub manifest: Manifest,
     /// Position of each canonical label ([`LABELS`]) in the model's output.
     pub label_index: [usize; 5],
-    /// sha256 of the main weights file (the ONNX graph or the baseline weights).
+    /// sha256 of the main weights file (the ONNX graph or the baseline weights); for a cascade,
+    /// of its `manifest.toml`, which pins both stages.
     pub weights_sha256: String,
+    /// The stages of a cascade (first, second); empty otherwise.
+    pub parts: Vec<VerifiedModel>,
 }
 
 impl VerifiedModel {
@@ -165,8 +187,9 @@ impl VerifiedModel {
         let needed: Vec<&str> = match manifest.kind.as_str() {
             "onnx" => vec![&manifest.onnx.model, &manifest.onnx.tokenizer],
             "baseline" => vec![&manifest.baseline.weights],
+            "cascade" => return Self::load_cascade(dir, &text, manifest, label_index),
             other => {
-                return Err(bad(format!("manifest.toml: unknown kind {other:?} (onnx or baseline)")));
+                return Err(bad(format!("manifest.toml: unknown kind {other:?} (onnx, baseline or cascade)")));
             }
         };
         for file in &needed {
@@ -187,7 +210,46 @@ impl VerifiedModel {
                 weights_sha256 = actual;
             }
         }
-        Ok(VerifiedModel { dir: dir.to_path_buf(), manifest, label_index, weights_sha256 })
+        Ok(VerifiedModel { dir: dir.to_path_buf(), manifest, label_index, weights_sha256, parts: Vec::new() })
+    }
+
+    fn load_cascade(
+        dir: &Path,
+        text: &str,
+        manifest: Manifest,
+        label_index: [usize; 5],
+    ) -> Result<VerifiedModel, ClassifyError> {
+        let bad = |problem: String| ClassifyError::Model(format!("{}: {problem}", dir.display()));
+        let Some(c) = manifest.cascade.clone() else {
+            return Err(bad("manifest.toml: kind = \"cascade\" needs a [cascade] section".into()));
+        };
+        if !(c.threshold > 0.0 && c.threshold <= 1.0) {
+            return Err(bad("manifest.toml: cascade.threshold must be in (0, 1]".into()));
+        }
+        let mut parts = Vec::with_capacity(2);
+        for (key, sub, expected) in
+            [("first", &c.first, &c.first_manifest_sha256), ("second", &c.second, &c.second_manifest_sha256)]
+        {
+            let sub_dir = dir.join(sub);
+            let actual = sha256_file(&sub_dir.join("manifest.toml"))
+                .map_err(|e| bad(format!("cascade.{key} {}: manifest.toml: {e}", sub_dir.display())))?;
+            if !actual.eq_ignore_ascii_case(expected.trim()) {
+                return Err(bad(format!(
+                    "sha256 mismatch for cascade.{key} manifest {}: manifest says {expected}, file has {actual}",
+                    sub_dir.display()
+                )));
+            }
+            let part = VerifiedModel::load(&sub_dir)?;
+            if part.manifest.kind == "cascade" {
+                return Err(bad(format!("cascade.{key}: a cascade cannot contain another cascade")));
+            }
+            if part.manifest.text.layout != manifest.text.layout {
+                return Err(bad(format!("cascade.{key}: text layout differs from the cascade's")));
+            }
+            parts.push(part);
+        }
+        let weights_sha256 = hex::encode(Sha256::digest(text.as_bytes()));
+        Ok(VerifiedModel { dir: dir.to_path_buf(), manifest, label_index, weights_sha256, parts })
     }
 
     pub fn file(&self, name: &str) -> PathBuf {

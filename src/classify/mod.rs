@@ -7,6 +7,7 @@
 //! `model.batch_window_us` for more, and answers each request through a oneshot channel.
 
 pub mod baseline;
+pub mod cascade;
 pub mod manifest;
 pub mod onnx;
 
@@ -118,6 +119,17 @@ impl ModelInfo {
 /// Build the backend a manifest asks for.
 pub fn load_backend(model: &VerifiedModel, cfg: &ModelConfig) -> Result<Box<dyn Backend>, ClassifyError> {
     match model.manifest.kind.as_str() {
+        "cascade" => {
+            let [first, second] = &model.parts[..] else {
+                return Err(ClassifyError::Model("cascade without two stages".into()));
+            };
+            let threshold = model.manifest.cascade.as_ref().map_or(1.0, |c| c.threshold);
+            Ok(Box::new(cascade::CascadeBackend {
+                first: load_backend(first, cfg)?,
+                second: load_backend(second, cfg)?,
+                threshold,
+            }))
+        }
         "onnx" => {
             let threads = if cfg.intra_threads > 0 {
                 cfg.intra_threads

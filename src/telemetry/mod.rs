@@ -44,6 +44,12 @@ pub struct Metrics {
     /// Reviewer decisions by (predicted, corrected) class: the drift signal for retraining.
     pub review_overrides: IntGaugeVec,
     pub model_info: IntGaugeVec,
+    /// Messages answered by each stage of a cascade model (`first` alone, or `second` too).
+    pub cascade_stage: IntCounterVec,
+    /// SIGHUP reloads by result (`ok`, `failed`); a failed reload keeps the running config and model.
+    pub reloads: IntCounterVec,
+    /// 1 if the last reload succeeded (or none was tried), 0 if it was refused.
+    pub reload_ok: IntGauge,
 }
 
 const LATENCY_BUCKETS: &[f64] =
@@ -124,6 +130,20 @@ impl Metrics {
             ),
             review_overrides,
             model_info,
+            cascade_stage: counter(
+                "mailgrip_cascade_stage_total",
+                "Messages scored by a cascade model, by the last stage that ran.",
+                &["stage"],
+            ),
+            reloads: counter(
+                "mailgrip_reloads_total",
+                "Configuration and model reloads (SIGHUP), by result.",
+                &["result"],
+            ),
+            reload_ok: gauge(
+                "mailgrip_config_last_reload_successful",
+                "1 if the last reload succeeded or none was tried; 0 if the last one was refused.",
+            ),
             registry,
         }
     }
