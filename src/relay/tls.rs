@@ -50,7 +50,10 @@ impl RelayTlsSettings {
         let config = if cfg.tls == RelayTls::Required {
             builder.with_root_certificates(roots(cfg)?).with_no_client_auth()
         } else {
-            builder.dangerous().with_custom_certificate_verifier(Arc::new(AnyCertificate(provider()))).with_no_client_auth()
+            builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider())))
+                .with_no_client_auth()
         };
         Ok(RelayTlsSettings { mode: cfg.tls, connector: Some((TlsConnector::from(Arc::new(config)), server_name)) })
     }
