@@ -61,6 +61,12 @@ pub struct SmtpConfig {
     pub session_timeout_secs: u64,
     /// Protocol errors tolerated in one session before it is closed.
     pub max_errors: u32,
+    /// PEM certificate chain (leaf first) offered after STARTTLS. Empty (with `tls_key`): no STARTTLS.
+    pub tls_cert: PathBuf,
+    /// PEM private key of `tls_cert` (PKCS#8, PKCS#1 or SEC1).
+    pub tls_key: PathBuf,
+    /// Refuse MAIL FROM before STARTTLS with `530 5.7.0` (port 25 facing Exchange). Needs `tls_cert`.
+    pub require_tls: bool,
 }
 
 impl Default for SmtpConfig {
@@ -76,6 +82,9 @@ impl Default for SmtpConfig {
             command_timeout_secs: 300,
             session_timeout_secs: 3600,
             max_errors: 20,
+            tls_cert: PathBuf::new(),
+            tls_key: PathBuf::new(),
+            require_tls: false,
         }
     }
 }
@@ -88,6 +97,21 @@ pub enum RelayMode {
     Smtp,
     /// Write each message to `relay.dir` (for trying mailgrip without an MTA).
     Dir,
+}
+
+/// STARTTLS towards the next hop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RelayTls {
+    /// Never: plain SMTP even if STARTTLS is offered.
+    None,
+    /// As Postfix `smtp_tls_security_level = may` (RFC 7435): encrypt when STARTTLS is offered,
+    /// without verifying the certificate; plain SMTP when it is not offered or the handshake fails.
+    /// Protects against passive eavesdropping, not against an active attacker.
+    Opportunistic,
+    /// STARTTLS must be offered and the certificate must verify (`tls_ca`, `tls_server_name`);
+    /// otherwise the message is deferred with `451` and the MTA retries.
+    Required,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -109,6 +133,16 @@ pub struct RelayConfig {
     pub pool_size: usize,
     /// Seconds an idle pooled connection is kept.
     pub pool_idle_secs: u64,
+    /// `none`, `opportunistic` or `required`. Default `opportunistic`: the shipped Postfix
+    /// re-injection listener does not offer STARTTLS, so nothing changes there, and a next hop
+    /// across the network that offers it (Exchange does by default) gets encrypted traffic.
+    pub tls: RelayTls,
+    /// PEM file of the trust anchors that verify the next hop with `tls = "required"` (they replace
+    /// the system roots, so only your own CA can vouch for the next hop). Empty: the system roots.
+    pub tls_ca: PathBuf,
+    /// Name the next hop's certificate must carry with `tls = "required"`, also sent as SNI.
+    /// Empty: the host part of `next_hop`.
+    pub tls_server_name: String,
 }
 
 impl Default for RelayConfig {
@@ -122,6 +156,9 @@ impl Default for RelayConfig {
             reply_timeout_secs: 300,
             pool_size: 16,
             pool_idle_secs: 30,
+            tls: RelayTls::Opportunistic,
+            tls_ca: PathBuf::new(),
+            tls_server_name: String::new(),
         }
     }
 }
@@ -322,6 +359,10 @@ impl Config {
         positive("smtp.max_connections", self.smtp.max_connections as u64)?;
         positive("smtp.command_timeout_secs", self.smtp.command_timeout_secs)?;
         positive("smtp.session_timeout_secs", self.smtp.session_timeout_secs)?;
+        let starttls = crate::ingress::tls::acceptor(&self.smtp)?.is_some();
+        if self.smtp.require_tls && !starttls {
+            return Err(invalid("smtp.require_tls", "needs smtp.tls_cert and smtp.tls_key"));
+        }
         match self.relay.mode {
             RelayMode::Smtp => {
                 if self.relay.next_hop.trim().is_empty() {
@@ -333,6 +374,7 @@ impl Config {
                 if self.relay.next_hop == self.smtp.listen {
                     return Err(invalid("relay.next_hop", "equals smtp.listen: mail would loop"));
                 }
+                crate::relay::tls::RelayTlsSettings::new(&self.relay)?;
             }
             RelayMode::Dir => {
                 if self.relay.dir.as_os_str().is_empty() {

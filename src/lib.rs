@@ -104,7 +104,7 @@ pub async fn run(cfg: Config, listeners: Listeners, shutdown: CancellationToken)
         });
         tasks.spawn(telemetry::serve_http(listener, metrics.clone(), ready, refresh, shutdown.clone()));
     }
-    let settings = Arc::new(ingress::IngressSettings::new(&cfg));
+    let settings = Arc::new(ingress::IngressSettings::new(&cfg).map_err(|e| StartError::Other(e.to_string()))?);
     tracing::info!(smtp = %listeners.smtp.local_addr().map(|a| a.to_string()).unwrap_or_default(),
                    relay = gateway.relay.mode(), "accepting mail");
     tasks.spawn(ingress::serve_smtp(listeners.smtp, settings, gateway, shutdown.clone(), SHUTDOWN_GRACE));

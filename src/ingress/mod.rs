@@ -8,6 +8,7 @@
 pub mod data;
 pub mod reply;
 pub mod session;
+pub mod tls;
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -17,10 +18,11 @@ use ipnet::IpNet;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, info_span, warn};
 
-use crate::config::{Config, SmtpConfig};
+use crate::config::{Config, ConfigError, SmtpConfig};
 use crate::pipeline::Gateway;
 
 /// What sessions need from the configuration, parsed once.
@@ -28,11 +30,19 @@ pub struct IngressSettings {
     pub smtp: SmtpConfig,
     allowed: Vec<IpNet>,
     xforward: Vec<IpNet>,
+    /// The certificate and key for STARTTLS; `None` when it is not offered.
+    pub tls: Option<TlsAcceptor>,
 }
 
 impl IngressSettings {
-    pub fn new(cfg: &Config) -> IngressSettings {
-        IngressSettings { smtp: cfg.smtp.clone(), allowed: cfg.allowed_clients(), xforward: cfg.xforward_clients() }
+    /// Fails only if the TLS files changed since `Config::validate` read them.
+    pub fn new(cfg: &Config) -> Result<IngressSettings, ConfigError> {
+        Ok(IngressSettings {
+            smtp: cfg.smtp.clone(),
+            allowed: cfg.allowed_clients(),
+            xforward: cfg.xforward_clients(),
+            tls: tls::acceptor(&cfg.smtp)?,
+        })
     }
 
     pub fn is_allowed(&self, ip: IpAddr) -> bool {

@@ -3,6 +3,11 @@
 //!
 //! Replies are buffered and flushed whenever the session is about to wait for input, which is
 //! what PIPELINING needs. Every read has a deadline; shutdown is honoured between commands.
+//!
+//! STARTTLS (RFC 3207, when `smtp.tls_cert` is set): the `220` is flushed, input the client
+//! pipelined behind STARTTLS is dropped unread (CVE-2011-0411: plain-text commands must not run as
+//! if they came over TLS), the handshake runs, and the session starts over: no HELO, no envelope,
+//! no XFORWARD attributes. After it, the same code reads and writes through the TLS stream.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -12,11 +17,12 @@ use smtp_proto::{Error as ProtoError, MAIL_BODY_8BITMIME, MAIL_SMTPUTF8, Request
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use super::IngressSettings;
 use super::data::DataDecoder;
 use super::reply::SmtpReply;
+use super::tls::MaybeTls;
 use crate::envelope::Envelope;
 use crate::pipeline::Gateway;
 
@@ -33,7 +39,7 @@ enum Close {
 }
 
 pub struct Session {
-    stream: TcpStream,
+    stream: MaybeTls,
     peer: SocketAddr,
     settings: Arc<IngressSettings>,
     gateway: Arc<Gateway>,
@@ -61,8 +67,9 @@ impl Session {
         shutdown: CancellationToken,
     ) -> Session {
         let deadline = Instant::now() + settings.smtp.session_timeout();
+        let _ = stream.set_nodelay(true);
         Session {
-            stream,
+            stream: MaybeTls::Plain(stream),
             peer,
             settings,
             gateway,
@@ -81,11 +88,12 @@ impl Session {
     }
 
     pub async fn run(mut self) {
-        let _ = self.stream.set_nodelay(true);
         let greeting = SmtpReply::new(220, format!("{} ESMTP mailgrip", self.settings.smtp.hostname));
         self.reply(greeting);
         let result = self.commands().await;
         let _ = self.flush().await;
+        // A TLS session ends with close_notify; bounded, as the client may have stopped reading.
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), self.stream.shutdown()).await;
         debug!(?result, "session closed");
     }
 
@@ -252,6 +260,9 @@ impl Session {
                 if self.settings.is_xforward_client(self.peer.ip()) {
                     lines.push("XFORWARD NAME ADDR PORT PROTO HELO IDENT SOURCE".into());
                 }
+                if self.settings.tls.is_some() && !self.is_tls() {
+                    lines.push("STARTTLS".into());
+                }
                 let last = lines.len() - 1;
                 for (i, l) in lines.iter().enumerate() {
                     self.out.extend_from_slice(format!("250{}{l}\r\n", if i == last { ' ' } else { '-' }).as_bytes());
@@ -268,6 +279,9 @@ impl Session {
                 }
                 if self.envelope.is_some() || self.bdat.is_some() {
                     return self.error(SmtpReply::new(503, "5.5.1 Error: nested MAIL command"));
+                }
+                if self.settings.smtp.require_tls && !self.is_tls() {
+                    return self.error(SmtpReply::new(530, "5.7.0 Must issue a STARTTLS command first"));
                 }
                 if from.size > self.settings.smtp.max_message_size {
                     self.reply(SmtpReply::new(552, "5.3.4 Message size exceeds fixed limit"));
@@ -299,6 +313,7 @@ impl Session {
             }
             Request::Data => return self.data().await,
             Request::Bdat { chunk_size, is_last } => return self.bdat(chunk_size, is_last).await,
+            Request::StartTls => return self.starttls().await,
             Request::Rset => {
                 self.reset_transaction();
                 self.reply(SmtpReply::new(250, "2.0.0 Ok"));
@@ -311,6 +326,57 @@ impl Session {
             }
             _ => return self.error(SmtpReply::new(502, "5.5.1 Error: command not implemented")),
         }
+        Ok(())
+    }
+
+    fn is_tls(&self) -> bool {
+        matches!(self.stream, MaybeTls::Tls(_))
+    }
+
+    async fn starttls(&mut self) -> Result<(), Close> {
+        let Some(acceptor) = self.settings.tls.clone() else {
+            return self.error(SmtpReply::new(502, "5.5.1 Error: command not implemented"));
+        };
+        if self.is_tls() {
+            return self.error(SmtpReply::new(503, "5.5.1 Error: TLS already active"));
+        }
+        if self.envelope.is_some() || self.bdat.is_some() || self.bdat_failed {
+            return self.error(SmtpReply::new(503, "5.5.1 Error: MAIL transaction in progress"));
+        }
+        self.reply(SmtpReply::new(220, "2.0.0 Ready to start TLS"));
+        self.flush().await?;
+        // CVE-2011-0411: whatever came with or after the STARTTLS line was sent in plain text
+        // and must not be executed inside the TLS session.
+        let pipelined = self.inbuf.len() - self.start;
+        if pipelined > 0 {
+            warn!(bytes = pipelined, "input pipelined after STARTTLS discarded");
+            self.gateway.metrics.error("ingress", "starttls_pipelining");
+        }
+        self.inbuf.clear();
+        self.start = 0;
+        let tcp = self.stream.take_plain().expect("checked: not TLS yet");
+        let wait = self.settings.smtp.command_timeout().min(self.deadline.saturating_duration_since(Instant::now()));
+        match tokio::time::timeout(wait, acceptor.accept(tcp)).await {
+            Ok(Ok(tls)) => self.stream = MaybeTls::Tls(Box::new(tls.into())),
+            Ok(Err(e)) => {
+                info!(error = %e, "TLS handshake failed");
+                self.gateway.metrics.error("ingress", "tls_handshake");
+                return Err(Close::Gone);
+            }
+            Err(_) => {
+                info!("TLS handshake timed out");
+                self.gateway.metrics.error("ingress", "tls_handshake");
+                return Err(Close::Gone);
+            }
+        }
+        if let Some(tls) = self.stream.tls_info() {
+            info!(version = tls.version, cipher = tls.cipher, "STARTTLS");
+            self.gateway.metrics.tls_sessions.with_label_values(&[tls.version, tls.cipher]).inc();
+        }
+        // RFC 3207 4.2: discard all knowledge obtained from the client before TLS.
+        self.helo = None;
+        self.xforward.clear();
+        self.reset_transaction();
         Ok(())
     }
 

@@ -6,6 +6,7 @@
 
 pub mod dir;
 pub mod smtp;
+pub mod tls;
 
 use crate::config::{RelayConfig, RelayMode};
 use crate::envelope::Envelope;

@@ -4,16 +4,22 @@
 //! A transaction is all-or-nothing: if the next hop refuses any recipient, the transaction is
 //! reset and the whole message gets that answer, so the MTA in front retries or bounces it as one
 //! and no recipient gets it twice.
+//!
+//! STARTTLS per `relay.tls` (see [`super::tls`]): after the upgrade the session starts over with
+//! EHLO, as RFC 3207 asks; a pooled connection keeps its TLS session.
 
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufStream};
 use tokio::net::TcpStream;
 use tokio::sync::Mutex;
+use tracing::{debug, error, warn};
 
+use super::tls::RelayTlsSettings;
 use super::{RelayError, Reply};
-use crate::config::RelayConfig;
+use crate::config::{RelayConfig, RelayTls};
 use crate::envelope::Envelope;
+use crate::ingress::tls::{MaybeTls, TlsInfo};
 
 /// What the next hop advertised in its EHLO reply.
 #[derive(Debug, Default, Clone, Copy)]
@@ -22,13 +28,34 @@ struct Caps {
     eightbit: bool,
     smtputf8: bool,
     xforward: bool,
+    starttls: bool,
     size: Option<usize>,
 }
 
 struct Conn {
-    stream: BufStream<TcpStream>,
+    stream: BufStream<MaybeTls>,
     caps: Caps,
     reply_timeout: Duration,
+    /// What TLS negotiated; `None` for plain SMTP.
+    tls: Option<TlsInfo>,
+}
+
+/// Why a connection could not be opened; `handshake` says the TLS handshake itself failed (after
+/// which the connection is unusable, so opportunistic TLS starts over in plain text).
+struct OpenError {
+    error: RelayError,
+    handshake: bool,
+}
+
+impl From<RelayError> for OpenError {
+    fn from(error: RelayError) -> Self {
+        OpenError { error, handshake: false }
+    }
+}
+
+/// A 4xx of our own for a TLS problem with the next hop: the MTA keeps the message and retries.
+fn tls_deferral(text: String) -> RelayError {
+    RelayError::Deferred(Reply { code: 451, text })
 }
 
 impl Conn {
@@ -82,6 +109,9 @@ pub struct SmtpRelay {
     pool_size: usize,
     idle: Duration,
     pool: Mutex<Vec<(Conn, Instant)>>,
+    /// Checked by `Config::validate` before start; an error here means a file changed since, and
+    /// every message is deferred (never sent in a weaker mode than configured).
+    tls: Result<RelayTlsSettings, String>,
 }
 
 impl SmtpRelay {
@@ -94,6 +124,10 @@ impl SmtpRelay {
             pool_size: cfg.pool_size,
             idle: Duration::from_secs(cfg.pool_idle_secs),
             pool: Mutex::new(Vec::new()),
+            tls: RelayTlsSettings::new(cfg).map_err(|e| {
+                error!(error = %e, "relay TLS settings unusable; every message will be deferred");
+                e.to_string()
+            }),
         }
     }
 
@@ -101,19 +135,86 @@ impl SmtpRelay {
         &self.addr
     }
 
+    /// A new connection in the mode `relay.tls` asks for.
     async fn connect(&self) -> Result<Conn, RelayError> {
+        let tls = self.tls.as_ref().map_err(|e| RelayError::Unreachable(format!("relay TLS settings: {e}")))?;
+        match self.open(tls).await {
+            Ok(conn) => Ok(conn),
+            Err(OpenError { error, handshake: true }) if tls.mode == RelayTls::Opportunistic => {
+                warn!(next_hop = %self.addr, %error, "opportunistic TLS failed; relaying in plain text");
+                let plain = RelayTlsSettings { mode: RelayTls::None, connector: None };
+                self.open(&plain).await.map_err(|e| e.error)
+            }
+            Err(e) => Err(e.error),
+        }
+    }
+
+    async fn open(&self, tls: &RelayTlsSettings) -> Result<Conn, OpenError> {
         let stream = tokio::time::timeout(self.connect_timeout, TcpStream::connect(&self.addr))
             .await
             .map_err(|_| RelayError::Unreachable(format!("connecting to {} timed out", self.addr)))?
             .map_err(|e| RelayError::Unreachable(format!("connecting to {}: {e}", self.addr)))?;
         // Without this, Nagle + delayed ACK costs ~40 ms per message.
         stream.set_nodelay(true).map_err(|e| RelayError::Unreachable(format!("TCP_NODELAY: {e}")))?;
-        let mut conn =
-            Conn { stream: BufStream::new(stream), caps: Caps::default(), reply_timeout: self.reply_timeout };
+        let mut conn = Conn {
+            stream: BufStream::new(MaybeTls::Plain(stream)),
+            caps: Caps::default(),
+            reply_timeout: self.reply_timeout,
+            tls: None,
+        };
         let greeting = conn.read_reply().await?;
         if greeting.code != 220 {
-            return Err(greeting.into_error());
+            return Err(greeting.into_error().into());
         }
+        self.hello(&mut conn).await?;
+        let Some((connector, name)) = &tls.connector else {
+            return Ok(conn);
+        };
+        let required = tls.mode == RelayTls::Required;
+        if !conn.caps.starttls {
+            if required {
+                let text = format!("4.7.4 next hop {} does not offer STARTTLS (relay.tls = required)", self.addr);
+                return Err(tls_deferral(text).into());
+            }
+            return Ok(conn);
+        }
+        let reply = conn.command("STARTTLS\r\n").await?;
+        if reply.code != 220 {
+            if required {
+                let text = format!("4.7.4 next hop {} refused STARTTLS: {} {}", self.addr, reply.code, reply.text);
+                return Err(tls_deferral(text).into());
+            }
+            return Ok(conn); // RFC 3207: the session goes on in plain text
+        }
+        // Anything the next hop sent after its 220 would otherwise be read as if it came over
+        // TLS; the buffer is dropped with the BufStream.
+        let tcp = conn.stream.into_inner().take_plain().expect("connection is still plain");
+        let handshake = tokio::time::timeout(self.connect_timeout, connector.connect(name.clone(), tcp)).await;
+        let stream = match handshake {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                let error = tls_deferral(format!("4.7.5 TLS handshake with next hop {} failed: {e}", self.addr));
+                return Err(OpenError { error, handshake: true });
+            }
+            Err(_) => {
+                let error = tls_deferral(format!("4.7.5 TLS handshake with next hop {} timed out", self.addr));
+                return Err(OpenError { error, handshake: true });
+            }
+        };
+        conn.stream = BufStream::new(MaybeTls::Tls(Box::new(stream.into())));
+        conn.tls = conn.stream.get_ref().tls_info();
+        if let Some(info) = conn.tls {
+            debug!(next_hop = %self.addr, version = info.version, cipher = info.cipher, "TLS to the next hop");
+        }
+        // RFC 3207: forget what was learnt before TLS and ask again.
+        conn.caps = Caps::default();
+        self.hello(&mut conn).await?;
+        conn.caps.starttls = false;
+        Ok(conn)
+    }
+
+    /// EHLO (HELO if refused) and note the capabilities.
+    async fn hello(&self, conn: &mut Conn) -> Result<(), RelayError> {
         let ehlo = conn.command(&format!("EHLO {}\r\n", self.helo)).await?;
         if ehlo.code == 250 {
             for kw in ehlo.text.split(" / ") {
@@ -123,6 +224,7 @@ impl SmtpRelay {
                     Some("8BITMIME") => conn.caps.eightbit = true,
                     Some("SMTPUTF8") => conn.caps.smtputf8 = true,
                     Some("XFORWARD") => conn.caps.xforward = true,
+                    Some("STARTTLS") => conn.caps.starttls = true,
                     Some("SIZE") => conn.caps.size = words.next().and_then(|s| s.parse().ok()).filter(|&s| s > 0),
                     _ => {}
                 }
@@ -133,7 +235,7 @@ impl SmtpRelay {
                 return Err(helo.into_error());
             }
         }
-        Ok(conn)
+        Ok(())
     }
 
     /// Check that the next hop accepts connections and greets (for `/readyz`).

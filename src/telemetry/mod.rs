@@ -34,6 +34,8 @@ pub struct Metrics {
     pub errors: IntCounterVec,
     /// SMTP connections by result (`accepted`, `denied`, `over_capacity`).
     pub connections: IntCounterVec,
+    /// Ingress sessions upgraded by STARTTLS, by TLS version and cipher suite.
+    pub tls_sessions: IntCounterVec,
     /// Copies committed, by store (`archive`, `archive-restricted`, `review`).
     pub archived: IntCounterVec,
     /// Decisions by action and policy mode.
@@ -121,6 +123,11 @@ impl Metrics {
             classifier_queue: gauge("mailgrip_classifier_queue_depth", "Messages waiting for an inference worker."),
             errors: counter("mailgrip_errors_total", "Errors by stage and type.", &["stage", "error_type"]),
             connections: counter("mailgrip_smtp_connections_total", "SMTP connections by result.", &["result"]),
+            tls_sessions: counter(
+                "mailgrip_smtp_tls_sessions_total",
+                "Ingress sessions upgraded by STARTTLS, by TLS version and cipher suite.",
+                &["version", "cipher"],
+            ),
             archived: counter("mailgrip_archived_total", "Copies committed, by store.", &["store"]),
             decisions: counter("mailgrip_decisions_total", "Policy decisions by action and mode.", &["action", "mode"]),
             review_queue_depth: gauge("mailgrip_review_queue_depth", "Copies waiting for review."),

@@ -14,6 +14,8 @@ use tokio_util::sync::CancellationToken;
 
 use mailgrip::config::{Config, RelayMode};
 
+pub mod tls;
+
 pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
