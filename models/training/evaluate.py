@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (LABELS, PRIVATE, Mail, encode, extract_texts, load_corpus,  # noqa: E402
+from common import (LABELS, PRIVATE, REPO, Mail, encode, extract_texts, find_mailgrip, load_corpus,  # noqa: E402
                     load_tokenizer, onnx_logits, ort_session, pad_id_of, read_jsonl, softmax)
 
 F = LABELS.index("functioneel")
@@ -170,8 +170,26 @@ def plots(out: Path, cm: np.ndarray, rel: list[dict], sw: list[dict]) -> None:
     plt.close(fig)
 
 
+def daemon_probs(model_dir: Path, corpus: Path, sel: list[Mail], mailgrip: str | None) -> np.ndarray:
+    """Probabilities from `mailgrip classify` itself: any model kind (baseline, cascade) exactly
+    as the daemon serves it."""
+    import os
+    import subprocess
+    exe = find_mailgrip(mailgrip).resolve()
+    env = dict(os.environ, MAILGRIP__MODEL__DIR=str(Path(model_dir).resolve()))
+    files = [str((corpus / m.file).resolve()) for m in sel]
+    res = subprocess.run([str(exe), "classify", "--format", "jsonl", *files], env=env, cwd=REPO,
+                         capture_output=True, check=True)
+    by_file = {}
+    for line in res.stdout.decode("utf-8").splitlines():
+        d = json.loads(line)
+        by_file[str(Path(d["file"]).resolve())] = [d["scores"][c] for c in LABELS]
+    return np.array([by_file[f] for f in files], dtype=np.float64)
+
+
 def run(model_dir: Path, mails: list[Mail], split: str = "test", threads: int = 2,
-        out: Path | None = None, title: str | None = None) -> dict:
+        out: Path | None = None, title: str | None = None, corpus: Path | None = None,
+        mailgrip: str | None = None) -> dict:
     model_dir = Path(model_dir)
     out = Path(out or model_dir / "report")
     out.mkdir(parents=True, exist_ok=True)
@@ -179,13 +197,19 @@ def run(model_dir: Path, mails: list[Mail], split: str = "test", threads: int = 
     sel = [m for m in mails if m.split == split] if split != "all" else list(mails)
     if not sel:
         raise SystemExit(f"no mails in split {split!r}")
-    tok = load_tokenizer(model_dir / man["onnx"]["tokenizer"], man["max_tokens"])
-    pad = man.get("onnx", {}).get("pad_id", pad_id_of(tok))
-    seqs = encode(tok, [m.text for m in sel], man["text"]["prefix"])
-    sess = ort_session(model_dir / man["onnx"]["model"], threads)
-    T = float(man["calibration"]["temperature"])
-    logits = onnx_logits(sess, seqs, pad)
-    probs = softmax(logits, T)
+    if man["kind"] == "onnx":
+        tok = load_tokenizer(model_dir / man["onnx"]["tokenizer"], man["max_tokens"])
+        pad = man.get("onnx", {}).get("pad_id", pad_id_of(tok))
+        seqs = encode(tok, [m.text for m in sel], man["text"]["prefix"])
+        sess = ort_session(model_dir / man["onnx"]["model"], threads)
+        T = float(man["calibration"]["temperature"])
+        logits = onnx_logits(sess, seqs, pad)
+        probs = softmax(logits, T)
+    else:
+        if corpus is None:
+            raise SystemExit("a non-onnx model is scored through `mailgrip classify`: pass the corpus")
+        T = None
+        probs = daemon_probs(model_dir, corpus, sel, mailgrip)
     y = np.array([m.label for m in sel])
     pred = probs.argmax(1)
     k = len(LABELS)
@@ -201,7 +225,7 @@ def run(model_dir: Path, mails: list[Mail], split: str = "test", threads: int = 
     priv = np.isin(y, PRIV)
     leak = float((pred[priv] == F).mean()) if priv.any() else 0.0
     sw = sweep(probs, y)
-    speed = throughput(model_dir, seqs, pad, threads)
+    speed = throughput(model_dir, seqs, pad, threads) if man["kind"] == "onnx" else None
     amb = np.array([m.ambiguous for m in sel])
     sub = {}
     for name, mask in (("ambiguous", amb), ("clear", ~amb)):
@@ -224,17 +248,21 @@ def run(model_dir: Path, mails: list[Mail], split: str = "test", threads: int = 
 
     L = []
     L.append(f"# Evaluation report: {man['name']} {man['version']}\n")
+    how = (f"onnxruntime on `prefix + text`, max_tokens {man['max_tokens']}, softmax(logits / {T})"
+           if T is not None else "computed by `mailgrip classify` itself (the serving code path)")
     L.append(title or f"Split **{split}** of the corpus: {len(sel)} mails (written examples, not real "
-                      f"government mail). Probabilities as the daemon computes them: onnxruntime on "
-                      f"`prefix + text`, max_tokens {man['max_tokens']}, softmax(logits / {T}).\n")
+                      f"government mail). Probabilities as the daemon computes them: {how}.\n")
     L.append(f"- **macro-F1 {mf1:.3f}**, accuracy {acc:.3f}")
     L.append(f"- **privacy leak {leak:.2%}** (prive, personeelsvertrouwelijk or partijpolitiek mail "
              f"classified functioneel; argmax decision)")
     L.append(f"- ECE {e:.3f} (10 bins, top-label confidence)")
     L.append(f"- cost-weighted error {cost:.3f} per mail (cost matrix below)")
-    L.append(f"- Python onnxruntime, {speed['threads']} threads, {speed['mean_tokens']:.0f} tokens/mail "
-             f"on average: {speed['single_per_s']:.0f} mails/s one at a time, "
-             f"{speed['batch8_per_s']:.0f} mails/s in batches of 8\n")
+    if speed:
+        L.append(f"- Python onnxruntime, {speed['threads']} threads, {speed['mean_tokens']:.0f} tokens/mail "
+                 f"on average: {speed['single_per_s']:.0f} mails/s one at a time, "
+                 f"{speed['batch8_per_s']:.0f} mails/s in batches of 8\n")
+    else:
+        L.append("- Speed: measured end to end with `cargo bench --bench load` (see the model card)\n")
     L.append("## Per class\n")
     L.append("| class | precision | recall | F1 | support |\n|---|---|---|---|---|")
     for r in pc:
@@ -249,7 +277,8 @@ def run(model_dir: Path, mails: list[Mail], split: str = "test", threads: int = 
     if sub:
         L.append("Accuracy on subsets: " + "; ".join(f"{k} {v['acc']:.3f} (n={v['n']})" for k, v in sub.items()) + "\n")
     L.append("## Calibration\n")
-    L.append(f"Temperature {T} was fitted on the validation split. ECE {e:.3f}.\n")
+    L.append((f"Temperature {T} was fitted on the validation split. " if T is not None else
+              "Each stage carries its own temperature, fitted on the validation split. ") + f"ECE {e:.3f}.\n")
     L.append("| confidence bin | mails | mean confidence | accuracy |\n|---|---|---|---|")
     for r in rel:
         if r["n"]:
@@ -283,7 +312,8 @@ def run(model_dir: Path, mails: list[Mail], split: str = "test", threads: int = 
              "`models/training/.venv/bin/python models/training/evaluate.py --model <dir> --corpus models/corpus`.\n")
     (out / "README.md").write_text("\n".join(L), encoding="utf-8")
     print(f"{split}: n={len(sel)} macro-F1 {mf1:.4f} acc {acc:.4f} leak {leak:.4f} ECE {e:.4f} "
-          f"cost {cost:.3f} speed {speed['single_per_s']:.0f}/s single, {speed['batch8_per_s']:.0f}/s batch8")
+          f"cost {cost:.3f}" + (f" speed {speed['single_per_s']:.0f}/s single, {speed['batch8_per_s']:.0f}/s batch8"
+                                if speed else ""))
     return metrics
 
 
@@ -301,7 +331,7 @@ def main() -> int:
     mails, skipped = load_corpus(args.corpus.resolve(), texts)
     if any(skipped.values()):
         print(f"skipped: {skipped}")
-    run(args.model, mails, args.split, args.threads, args.out)
+    run(args.model, mails, args.split, args.threads, args.out, corpus=args.corpus.resolve(), mailgrip=args.mailgrip)
     return 0
 
 
