@@ -37,6 +37,7 @@ pub mod mdto;
 pub mod parse;
 pub mod pipeline;
 pub mod relay;
+pub mod reload;
 pub mod review;
 pub mod tag;
 pub mod telemetry;
@@ -49,7 +50,7 @@ use tokio_util::sync::CancellationToken;
 
 use classify::{Classifier, ClassifyError};
 use config::Config;
-use pipeline::Gateway;
+use pipeline::{Gateway, GatewayHandle};
 use telemetry::Metrics;
 
 /// Sockets bound by the caller (the binary, or a test on port 0).
@@ -69,8 +70,26 @@ pub enum StartError {
 /// How long sessions may take to finish after shutdown is requested.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
+/// Where a reload (SIGHUP) gets its new configuration, and when.
+pub struct Reload {
+    /// One message per reload request.
+    pub requests: tokio::sync::mpsc::Receiver<()>,
+    /// Reads and validates the configuration again (file, then environment).
+    pub load: Box<dyn Fn() -> Result<Config, String> + Send + Sync>,
+}
+
 /// Load the model, then serve SMTP and metrics until `shutdown` is cancelled.
 pub async fn run(cfg: Config, listeners: Listeners, shutdown: CancellationToken) -> Result<(), StartError> {
+    run_with_reload(cfg, listeners, shutdown, None).await
+}
+
+/// As [`run`], also reloading configuration and model on each request of `reload`.
+pub async fn run_with_reload(
+    cfg: Config,
+    listeners: Listeners,
+    shutdown: CancellationToken,
+    reload: Option<Reload>,
+) -> Result<(), StartError> {
     let metrics = Arc::new(Metrics::new());
     let model_cfg = cfg.model.clone();
     let m = metrics.clone();
@@ -78,19 +97,21 @@ pub async fn run(cfg: Config, listeners: Listeners, shutdown: CancellationToken)
         .await
         .map_err(|e| StartError::Other(e.to_string()))??;
     tracing::info!(model = %classifier.info().id(), kind = %classifier.info().kind, sha256 = %classifier.info().sha256, "model loaded");
-    let gateway = Arc::new(
+    let gateway = Arc::new(GatewayHandle::new(
         Gateway::new(&cfg, classifier, metrics.clone()).map_err(|e| StartError::Other(format!("audit trail: {e}")))?,
-    );
+    ));
+    metrics.reload_ok.set(1);
 
     let mut tasks = tokio::task::JoinSet::new();
     if let Some(listener) = listeners.metrics {
         let g = gateway.clone();
         let ready: telemetry::Health = Arc::new(move || {
             let g = g.clone();
-            Box::pin(async move { g.relay.probe().await.map_err(|e| format!("next hop: {e}")) })
+            Box::pin(async move { g.get().relay.probe().await.map_err(|e| format!("next hop: {e}")) })
         });
         let g = gateway.clone();
         let refresh: telemetry::Refresh = Arc::new(move |m: &Metrics| {
+            let g = g.get();
             let (depth, oldest) = g.review.depth_and_oldest();
             m.review_queue_depth.set(depth as i64);
             m.review_oldest_seconds.set(oldest as i64);
@@ -106,7 +127,10 @@ pub async fn run(cfg: Config, listeners: Listeners, shutdown: CancellationToken)
     }
     let settings = Arc::new(ingress::IngressSettings::new(&cfg).map_err(|e| StartError::Other(e.to_string()))?);
     tracing::info!(smtp = %listeners.smtp.local_addr().map(|a| a.to_string()).unwrap_or_default(),
-                   relay = gateway.relay.mode(), "accepting mail");
+                   relay = gateway.get().relay.mode(), "accepting mail");
+    if let Some(reload) = reload {
+        tasks.spawn(reload::serve(cfg.clone(), reload, gateway.clone(), shutdown.clone()));
+    }
     tasks.spawn(ingress::serve_smtp(listeners.smtp, settings, gateway, shutdown.clone(), SHUTDOWN_GRACE));
     while tasks.join_next().await.is_some() {}
     Ok(())

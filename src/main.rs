@@ -164,7 +164,7 @@ fn real_main() -> anyhow::Result<()> {
         }
         Command::Serve => {
             init_tracing(&cfg);
-            runtime()?.block_on(serve(cfg))
+            runtime()?.block_on(serve(cfg, cli.config.clone()))
         }
     }
 }
@@ -173,7 +173,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
 }
 
-async fn serve(cfg: Config) -> anyhow::Result<()> {
+async fn serve(cfg: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
     let smtp =
         TcpListener::bind(cfg.smtp_listen()).await.with_context(|| format!("smtp.listen {}", cfg.smtp.listen))?;
     let metrics = if cfg.metrics.listen.is_empty() {
@@ -197,6 +197,17 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         tracing::info!("shutdown requested; finishing sessions in flight");
         token.cancel();
     });
-    mailgrip::run(cfg, mailgrip::Listeners { smtp, metrics }, shutdown).await?;
+    // SIGHUP: reload configuration and model (see src/reload.rs).
+    let (reload_tx, requests) = tokio::sync::mpsc::channel(1);
+    tokio::spawn(async move {
+        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).expect("SIGHUP handler");
+        while hup.recv().await.is_some() {
+            // A reload already waiting covers this request too.
+            let _ = reload_tx.try_send(());
+        }
+    });
+    let load = Box::new(move || Config::load(config_path.as_deref()).map_err(|e| format!("configuration: {e}")));
+    let reload = mailgrip::Reload { requests, load };
+    mailgrip::run_with_reload(cfg, mailgrip::Listeners { smtp, metrics }, shutdown, Some(reload)).await?;
     Ok(())
 }

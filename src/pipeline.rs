@@ -42,15 +42,21 @@ pub struct Gateway {
     review_store: Archive,
     pub metrics: Arc<Metrics>,
     pub on_classify_error: OnClassifyError,
-    /// Every decision is recorded here before the client gets an answer.
-    pub audit: AuditLog,
+    /// Every decision is recorded here before the client gets an answer. Shared across reloads:
+    /// the chain has one writer, holding its lock for the life of the process.
+    pub audit: Arc<AuditLog>,
     pub mdto: MdtoConfig,
 }
 
 impl Gateway {
     pub fn new(cfg: &Config, classifier: Classifier, metrics: Arc<Metrics>) -> std::io::Result<Gateway> {
-        Ok(Gateway {
-            audit: AuditLog::open(&cfg.audit)?,
+        Ok(Self::with_audit(cfg, classifier, metrics, Arc::new(AuditLog::open(&cfg.audit)?)))
+    }
+
+    /// As [`Gateway::new`], keeping an audit trail that is already open (reload).
+    pub fn with_audit(cfg: &Config, classifier: Classifier, metrics: Arc<Metrics>, audit: Arc<AuditLog>) -> Gateway {
+        Gateway {
+            audit,
             mdto: cfg.mdto.clone(),
             classifier,
             policy: Policy::new(&cfg.policy, &cfg.archive),
@@ -61,7 +67,7 @@ impl Gateway {
             review_store: Archive::flat(&cfg.review.dir),
             metrics,
             on_classify_error: cfg.classify.on_error,
-        })
+        }
     }
 
     /// Where the copy for `action` goes; none in shadow mode.
@@ -351,5 +357,31 @@ impl Verdict {
         if let Some(staged) = self.staged {
             staged.discard();
         }
+    }
+}
+
+/// The gateway in use, replaced whole by a reload (SIGHUP). Each transaction takes the current one
+/// with [`GatewayHandle::get`] and keeps it to the end, so mail in flight finishes on the model
+/// and policy it started with; the old model is freed when its last transaction is done.
+pub struct GatewayHandle {
+    current: std::sync::RwLock<Arc<Gateway>>,
+    /// The metrics registry outlives reloads.
+    pub metrics: Arc<Metrics>,
+}
+
+impl GatewayHandle {
+    pub fn new(gateway: Gateway) -> GatewayHandle {
+        let metrics = gateway.metrics.clone();
+        GatewayHandle { current: std::sync::RwLock::new(Arc::new(gateway)), metrics }
+    }
+
+    pub fn get(&self) -> Arc<Gateway> {
+        self.current.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Put `next` in place; returns the gateway it replaced.
+    pub fn replace(&self, next: Gateway) -> Arc<Gateway> {
+        let mut current = self.current.write().unwrap_or_else(|e| e.into_inner());
+        std::mem::replace(&mut *current, Arc::new(next))
     }
 }

@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, info_span, warn};
 
 use crate::config::{Config, ConfigError, SmtpConfig};
-use crate::pipeline::Gateway;
+use crate::pipeline::GatewayHandle;
 
 /// What sessions need from the configuration, parsed once.
 pub struct IngressSettings {
@@ -68,7 +68,7 @@ fn canonical(ip: IpAddr) -> IpAddr {
 pub async fn serve_smtp(
     listener: TcpListener,
     settings: Arc<IngressSettings>,
-    gateway: Arc<Gateway>,
+    gateway: Arc<GatewayHandle>,
     shutdown: CancellationToken,
     grace: Duration,
 ) {

@@ -24,7 +24,7 @@ use super::data::DataDecoder;
 use super::reply::SmtpReply;
 use super::tls::MaybeTls;
 use crate::envelope::Envelope;
-use crate::pipeline::Gateway;
+use crate::pipeline::GatewayHandle;
 
 /// Longest command line accepted (RFC 5321 says 512; extensions make it longer).
 const MAX_LINE: usize = 4096;
@@ -42,7 +42,7 @@ pub struct Session {
     stream: MaybeTls,
     peer: SocketAddr,
     settings: Arc<IngressSettings>,
-    gateway: Arc<Gateway>,
+    gateway: Arc<GatewayHandle>,
     shutdown: CancellationToken,
     inbuf: Vec<u8>,
     start: usize,
@@ -63,7 +63,7 @@ impl Session {
         stream: TcpStream,
         peer: SocketAddr,
         settings: Arc<IngressSettings>,
-        gateway: Arc<Gateway>,
+        gateway: Arc<GatewayHandle>,
         shutdown: CancellationToken,
     ) -> Session {
         let deadline = Instant::now() + settings.smtp.session_timeout();
@@ -473,7 +473,7 @@ impl Session {
         self.reset_transaction();
         // Flush what was pipelined before, so the client is not left waiting while we work.
         let _ = self.flush().await;
-        let reply = self.gateway.process(env, body).await;
+        let reply = self.gateway.get().process(env, body).await;
         if !reply.is_positive() {
             info!(code = reply.code, "transaction not accepted");
         }
