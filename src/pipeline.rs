@@ -16,6 +16,7 @@ use std::time::Instant;
 
 use tracing::{Instrument, info, info_span, warn};
 
+use crate::archive::outbox::Outbox;
 use crate::archive::{Archive, Sidecar, Staged};
 use crate::audit::{AuditLog, Entry};
 use crate::classify::{Classifier, Scores};
@@ -45,18 +46,22 @@ pub struct Gateway {
     /// Every decision is recorded here before the client gets an answer.
     pub audit: AuditLog,
     pub mdto: MdtoConfig,
+    /// The SMTP archive sink (`[archive.smtp]`); its sender is started by [`crate::run`].
+    pub outbox: Option<Arc<Outbox>>,
 }
 
 impl Gateway {
     pub fn new(cfg: &Config, classifier: Classifier, metrics: Arc<Metrics>) -> std::io::Result<Gateway> {
+        let outbox = Outbox::open(cfg, metrics.clone())?;
         Ok(Gateway {
             audit: AuditLog::open(&cfg.audit)?,
             mdto: cfg.mdto.clone(),
             classifier,
             policy: Policy::new(&cfg.policy, &cfg.archive),
             relay: Relay::new(&cfg.relay),
-            archive: Archive::new(&cfg.archive.dir),
-            restricted: Archive::new(&cfg.archive.restricted_dir),
+            archive: Archive::new(&cfg.archive.dir).with_outbox(outbox.clone()),
+            restricted: Archive::new(&cfg.archive.restricted_dir).with_outbox(outbox.clone()),
+            outbox,
             review: ReviewQueue::new(&cfg.review.dir),
             review_store: Archive::flat(&cfg.review.dir),
             metrics,
