@@ -441,8 +441,9 @@ impl Outbox {
         Ok(wait)
     }
 
-    /// Send every due entry once, oldest first.
-    async fn pass(self: &Arc<Self>, shutdown: &CancellationToken) -> io::Result<Pass> {
+    /// Scan, give up expired entries, refresh the gauges, and (when `sending`) send every due
+    /// entry once, oldest first.
+    async fn pass(self: &Arc<Self>, shutdown: &CancellationToken, sending: bool) -> io::Result<Pass> {
         let this = self.clone();
         let scan = tokio::task::spawn_blocking(move || this.scan()).await.map_err(io::Error::other)??;
         let Scan { entries, mut failed } = scan;
@@ -462,11 +463,17 @@ impl Outbox {
             }
         }
         self.set_gauges(&pending.iter().map(|f| &f.state).collect::<Vec<_>>(), failed);
+        if !sending {
+            return Ok(Pass::Done(None));
+        }
 
         let mut next_due: Option<u64> = None;
         let mut remaining: Vec<usize> = Vec::new();
         let mut outcome = None;
         for i in 0..pending.len() {
+            if outcome.is_none() && shutdown.is_cancelled() {
+                outcome = Some(Pass::Stopped);
+            }
             if outcome.is_some() || pending[i].state.next_attempt > unix_now() {
                 next_due =
                     Some(next_due.map_or(pending[i].state.next_attempt, |d| d.min(pending[i].state.next_attempt)));
@@ -557,19 +564,25 @@ impl Outbox {
     /// The sender: runs until `shutdown` is cancelled. Entries survive any stop.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
         info!(next_hop = %self.cfg.next_hop, outbox = %self.dir.display(), "archive outbox sender started");
-        // Consecutive passes that found the archiver unavailable: the pause grows like a retry.
+        // While the archiver is unavailable nothing is sent until `paused_until`; the pause grows
+        // like a retry with each consecutive outage. Scans go on every RESCAN (expiry, gauges).
         let mut outages = 0u32;
+        let mut paused_until: Option<tokio::time::Instant> = None;
         loop {
-            let wait = match self.pass(&shutdown).await {
+            let now = tokio::time::Instant::now();
+            let sending = paused_until.is_none_or(|t| now >= t);
+            let wait = match self.pass(&shutdown, sending).await {
                 Ok(Pass::Stopped) => break,
-                Ok(Pass::Done(next_due)) => {
-                    outages = 0;
+                Ok(Pass::Done(next_due)) if sending => {
+                    (outages, paused_until) = (0, None);
                     let until_due = next_due.map(|d| Duration::from_secs(d.saturating_sub(unix_now()).max(1)));
                     until_due.unwrap_or(RESCAN).min(RESCAN)
                 }
+                Ok(Pass::Done(_)) => RESCAN,
                 Ok(Pass::ArchiverUnavailable) => {
                     outages = outages.saturating_add(1);
-                    self.cfg.backoff(outages)
+                    paused_until = Some(now + self.cfg.backoff(outages));
+                    RESCAN
                 }
                 Err(e) => {
                     self.metrics.archive_outbox_failures.with_label_values(&["io"]).inc();
@@ -577,12 +590,13 @@ impl Outbox {
                     RESCAN
                 }
             };
-            let paused = outages > 0;
+            let wake = tokio::time::Instant::now() + wait;
+            let wake = paused_until.map_or(wake, |t| wake.min(t));
             tokio::select! {
                 _ = shutdown.cancelled() => break,
-                // While the archiver is unavailable, new copies only wait: no pass per commit.
-                _ = self.notify.notified(), if !paused => {}
-                _ = tokio::time::sleep(wait) => {}
+                // While paused, new copies only wait: no knocking on a closed door per commit.
+                _ = self.notify.notified(), if paused_until.is_none() => {}
+                _ = tokio::time::sleep_until(wake) => {}
             }
         }
         info!("archive outbox sender stopped");
