@@ -351,3 +351,33 @@ async fn a_reviewer_archiving_a_held_copy_puts_it_in_the_outbox() {
     assert_eq!(archived.len(), 1);
     assert_eq!(std::fs::read(waiting[0].join("message.eml")).unwrap(), std::fs::read(&archived[0]).unwrap());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_older_than_max_age_is_given_up_and_kept() {
+    let next = Sink::start().await;
+    let archiver = Sink::start().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    // An entry left by an earlier run, six days old (max_age_hours = 120).
+    let entry = outbox_dir(dir).join("0190aaaabbbbccccddddeeeeffff0000");
+    std::fs::create_dir_all(&entry).unwrap();
+    std::fs::write(entry.join("message.eml"), fixture("latin1.eml")).unwrap();
+    let created = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() - 6 * 86400;
+    let state = serde_json::json!({
+        "id": "0190aaaabbbbccccddddeeeeffff0000", "action": "archive", "mail_from": "a@example.nl",
+        "rcpt_to": ["b@example.nl"], "body_8bitmime": false, "smtputf8": false, "created": created,
+        "attempts": 9, "next_attempt": created + 3600, "last_error": "next hop unreachable: refused"
+    });
+    std::fs::write(entry.join("state.json"), serde_json::to_vec(&state).unwrap()).unwrap();
+    let gw = Daemon::start(dir, next.addr, |c| sink_to(c, dir, archiver.addr)).await;
+    until("the expired copy in failed/", || failed(dir).len() == 1).await;
+    let kept = &failed(dir)[0];
+    assert_eq!(std::fs::read(kept.join("message.eml")).unwrap(), fixture("latin1.eml"));
+    let reason = std::fs::read_to_string(kept.join("reason.txt")).unwrap();
+    assert!(reason.contains("expired") && reason.contains("max_age_hours = 120"), "{reason}");
+    assert!(entries(dir).is_empty());
+    let m = gw.metrics_text().await;
+    assert_eq!(metric_sum(&m, "mailgrip_archive_outbox_failures_total", "kind=\"expired\""), 1.0, "{m}");
+    gw.stop().await;
+    assert!(archiver.messages().is_empty(), "never sent");
+}
