@@ -381,3 +381,25 @@ async fn a_copy_older_than_max_age_is_given_up_and_kept() {
     gw.stop().await;
     assert!(archiver.messages().is_empty(), "never sent");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mail_the_next_hop_refuses_leaves_no_outbox_entry() {
+    let next = Sink::start().await;
+    next.set_mode(SinkMode::DataReply(554));
+    let archiver = Sink::start().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let gw = Daemon::start(dir, next.addr, |c| {
+        force(c, Action::Archive);
+        sink_to(c, dir, archiver.addr);
+    })
+    .await;
+    let r = gw.send(&["b@example.nl"], "latin1.eml").await;
+    assert!(r.starts_with("554"), "{r}");
+    // Not delivered, so not archived, so not journaled: the staged entry went with the copy.
+    assert!(archived_emls(&dir.join("archive")).is_empty());
+    assert!(entries(dir).is_empty());
+    assert_eq!(std::fs::read_dir(outbox_dir(dir).join(".tmp")).unwrap().count(), 0);
+    gw.stop().await;
+    assert!(archiver.messages().is_empty());
+}
