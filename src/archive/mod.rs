@@ -132,9 +132,7 @@ impl Archive {
         }
         Ok(staged)
     }
-}
 
-impl Archive {
     /// For copies that reach this store outside [`Archive::stage`] (a reviewer's decision): put
     /// the already archived copy into the SMTP outbox too, when its action is sent. Returns
     /// whether an entry was made.
@@ -152,8 +150,8 @@ impl Archive {
 impl Staged {
     /// Make the copy visible: atomic renames, then fsync of the directory; then its outbox entry
     /// (one folder rename and an fsync). The archive copy goes first: it is the record, the
-    /// archiver's copy follows from it. If the process dies in between, the mail was not yet
-    /// answered with 250 and the MTA delivers it again, archive and outbox both.
+    /// archiver's copy follows from it. If the process dies in between, the MTA has not had its
+    /// 250 yet (SMTP relay path) and delivers the mail again, to archive and outbox both.
     pub fn commit(self) -> io::Result<PathBuf> {
         create_private_dir(&self.dest_dir)?;
         for (from, to) in &self.files {

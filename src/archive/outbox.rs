@@ -290,7 +290,8 @@ impl Outbox {
             return Ok(None);
         }
         for d in [sc.outbox_dir.clone(), sc.outbox_dir.join(".tmp"), sc.outbox_dir.join(FAILED)] {
-            create_private_dir(&d).map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", d.display())))?;
+            create_private_dir(&d)
+                .map_err(|e| io::Error::new(e.kind(), format!("archive.smtp.outbox_dir {}: {e}", d.display())))?;
         }
         // The pooled client of the relay, pointed at the archiver; timeouts and EHLO name as for
         // the next hop. A couple of idle connections is plenty for one sender task.
@@ -377,7 +378,8 @@ impl Outbox {
                     Err(err) => {
                         // Written atomically, so this is damage from outside: keep it for a person.
                         self.metrics.archive_outbox_failures.with_label_values(&["corrupt"]).inc();
-                        error!(entry = %dir.display(), error = %err, "archive outbox entry unreadable; moving it to failed/");
+                        error!(entry = %dir.display(), error = %err,
+                               "archive outbox entry unreadable; moving it to failed/");
                         self.move_to_failed(&dir, &format!("state.json unreadable: {err}"))?;
                     }
                 },
