@@ -15,6 +15,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
+pub use crate::archive::outbox::ArchiveSmtpConfig;
 pub use crate::audit::AuditConfig;
 use crate::classify::LABELS;
 pub use crate::decide::{Action, PolicyConfig, PolicyMode, Strategy};
@@ -174,6 +175,8 @@ pub struct ArchiveConfig {
     pub classes: Vec<String>,
     /// Store for `archive-restricted` copies (stricter access), laid out like `dir`.
     pub restricted_dir: PathBuf,
+    /// `[archive.smtp]`: copies also go by SMTP to a journaling address, through a durable outbox.
+    pub smtp: ArchiveSmtpConfig,
 }
 
 impl Default for ArchiveConfig {
@@ -183,6 +186,7 @@ impl Default for ArchiveConfig {
             dir: "var/archive".into(),
             classes: vec!["functioneel".into()],
             restricted_dir: "var/archive-restricted".into(),
+            smtp: ArchiveSmtpConfig::default(),
         }
     }
 }
@@ -313,7 +317,13 @@ fn invalid(key: &'static str, problem: impl Into<String>) -> ConfigError {
 }
 
 /// Keys whose environment form is a comma-separated list.
-const LIST_KEYS: &[&str] = &["smtp.allowed_clients", "smtp.xforward_clients", "archive.classes"];
+const LIST_KEYS: &[&str] = &[
+    "smtp.allowed_clients",
+    "smtp.xforward_clients",
+    "archive.classes",
+    "archive.smtp.rcpt_to",
+    "archive.smtp.actions",
+];
 
 impl Config {
     /// Load defaults, then `file` (if any), then `MAILGRIP__*` environment variables.
@@ -398,6 +408,7 @@ impl Config {
         if self.archive.enabled && self.archive.restricted_dir.as_os_str().is_empty() {
             return Err(invalid("archive.restricted_dir", "required when archive.enabled = true"));
         }
+        self.archive.smtp.validate(&self.smtp.listen)?;
         if self.review.dir.as_os_str().is_empty() {
             return Err(invalid("review.dir", "required"));
         }

@@ -1,10 +1,10 @@
 //! The SMTP envelope of one message, as received, and what a trusted peer told us about it.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Sender and recipients exactly as given in MAIL FROM / RCPT TO, plus the flags that must
 /// survive relaying.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Envelope {
     /// Reverse path; empty for the null sender `<>`.
     pub mail_from: String,
@@ -14,7 +14,7 @@ pub struct Envelope {
     /// `SMTPUTF8` was given.
     pub smtputf8: bool,
     /// Attributes a trusted MTA sent with XFORWARD (NAME, ADDR, PROTO, HELO, SOURCE, IDENT).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub xforward: Vec<(String, String)>,
 }
 

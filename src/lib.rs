@@ -98,11 +98,14 @@ pub async fn run_with_reload(
         .map_err(|e| StartError::Other(e.to_string()))??;
     tracing::info!(model = %classifier.info().id(), kind = %classifier.info().kind, sha256 = %classifier.info().sha256, "model loaded");
     let gateway = Arc::new(GatewayHandle::new(
-        Gateway::new(&cfg, classifier, metrics.clone()).map_err(|e| StartError::Other(format!("audit trail: {e}")))?,
+        Gateway::new(&cfg, classifier, metrics.clone()).map_err(|e| StartError::Other(format!("stores: {e}")))?,
     ));
     metrics.reload_ok.set(1);
 
     let mut tasks = tokio::task::JoinSet::new();
+    if let Some(outbox) = gateway.get().outbox.clone() {
+        tasks.spawn(outbox.run(shutdown.clone()));
+    }
     if let Some(listener) = listeners.metrics {
         let g = gateway.clone();
         let ready: telemetry::Health = Arc::new(move || {

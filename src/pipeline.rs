@@ -16,6 +16,7 @@ use std::time::Instant;
 
 use tracing::{Instrument, info, info_span, warn};
 
+use crate::archive::outbox::Outbox;
 use crate::archive::{Archive, Sidecar, Staged};
 use crate::audit::{AuditLog, Entry};
 use crate::classify::{Classifier, Scores};
@@ -46,23 +47,34 @@ pub struct Gateway {
     /// the chain has one writer, holding its lock for the life of the process.
     pub audit: Arc<AuditLog>,
     pub mdto: MdtoConfig,
+    /// The SMTP archive sink (`[archive.smtp]`); its sender is started by [`crate::run`].
+    pub outbox: Option<Arc<Outbox>>,
 }
 
 impl Gateway {
     pub fn new(cfg: &Config, classifier: Classifier, metrics: Arc<Metrics>) -> std::io::Result<Gateway> {
-        Ok(Self::with_audit(cfg, classifier, metrics, Arc::new(AuditLog::open(&cfg.audit)?)))
+        let outbox = Outbox::open(cfg, metrics.clone())?;
+        Ok(Self::with_shared(cfg, classifier, metrics, Arc::new(AuditLog::open(&cfg.audit)?), outbox))
     }
 
-    /// As [`Gateway::new`], keeping an audit trail that is already open (reload).
-    pub fn with_audit(cfg: &Config, classifier: Classifier, metrics: Arc<Metrics>, audit: Arc<AuditLog>) -> Gateway {
+    /// As [`Gateway::new`], keeping the audit trail and the archive outbox that are already open
+    /// (reload): each has one writer or sender for the life of the process.
+    pub fn with_shared(
+        cfg: &Config,
+        classifier: Classifier,
+        metrics: Arc<Metrics>,
+        audit: Arc<AuditLog>,
+        outbox: Option<Arc<Outbox>>,
+    ) -> Gateway {
         Gateway {
             audit,
             mdto: cfg.mdto.clone(),
             classifier,
             policy: Policy::new(&cfg.policy, &cfg.archive),
             relay: Relay::new(&cfg.relay),
-            archive: Archive::new(&cfg.archive.dir),
-            restricted: Archive::new(&cfg.archive.restricted_dir),
+            archive: Archive::new(&cfg.archive.dir).with_outbox(outbox.clone()),
+            restricted: Archive::new(&cfg.archive.restricted_dir).with_outbox(outbox.clone()),
+            outbox,
             review: ReviewQueue::new(&cfg.review.dir),
             review_store: Archive::flat(&cfg.review.dir),
             metrics,

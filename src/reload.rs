@@ -6,7 +6,8 @@
 //! why, `mailgrip_reloads_total{result="failed"}` counts it and
 //! `mailgrip_config_last_reload_successful` drops to 0 until a reload succeeds.
 //!
-//! Listeners, TLS certificates of the SMTP listener, the audit trail and logging are set up once;
+//! Listeners, TLS certificates of the SMTP listener, the audit trail, the archive outbox
+//! (`[archive.smtp]`) and logging are set up once;
 //! changes to those sections take effect on restart, and a reload says which ones it skipped.
 
 use std::sync::Arc;
@@ -20,7 +21,7 @@ use crate::config::Config;
 use crate::pipeline::{Gateway, GatewayHandle};
 
 /// Sections only read at start.
-const RESTART_ONLY: &[&str] = &["smtp", "metrics", "audit", "log"];
+const RESTART_ONLY: &[&str] = &["smtp", "metrics", "audit", "archive.smtp", "log"];
 
 pub async fn serve(mut running: Config, mut reload: Reload, handle: Arc<GatewayHandle>, shutdown: CancellationToken) {
     let m = handle.metrics.clone();
@@ -58,7 +59,8 @@ async fn apply(running: &Config, reload: &Reload, handle: &GatewayHandle) -> Res
         .map_err(|e| format!("loading the model: {e}"))?
         .map_err(|e| format!("loading the model: {e}"))?;
     let old = handle.get();
-    let gateway = Gateway::with_audit(&next, classifier, handle.metrics.clone(), old.audit.clone());
+    let gateway =
+        Gateway::with_shared(&next, classifier, handle.metrics.clone(), old.audit.clone(), old.outbox.clone());
     let (new_model, new_policy) = (gateway.classifier.info().clone(), gateway.policy.version().to_string());
     let previous = handle.replace(gateway);
     let old_model = previous.classifier.info();
@@ -85,6 +87,10 @@ fn keep_restart_only(running: &Config, next: &mut Config) -> Vec<&'static str> {
     if next.audit != running.audit {
         next.audit = running.audit.clone();
         skipped.push("audit");
+    }
+    if next.archive.smtp != running.archive.smtp {
+        next.archive.smtp = running.archive.smtp.clone();
+        skipped.push("archive.smtp");
     }
     if next.log != running.log {
         next.log = running.log.clone();

@@ -190,7 +190,12 @@ impl ReviewQueue {
                 for (name, bytes) in crate::archive::mdto_files(mdto, &record) {
                     crate::archive::write_durably(&dir, &name, &bytes)?;
                 }
-                Some(crate::archive::write_durably(&dir, &format!("{id}.eml"), &raw)?)
+                let dest = crate::archive::write_durably(&dir, &format!("{id}.eml"), &raw)?;
+                // The SMTP archive sink gets reviewed copies like any other archive copy.
+                let env: crate::envelope::Envelope =
+                    serde_json::from_value(sidecar["envelope"].clone()).unwrap_or_default();
+                store.enqueue_outbox(id, action.as_str(), &env, &raw)?;
+                Some(dest)
             }
             _ => None,
         };

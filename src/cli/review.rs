@@ -38,13 +38,16 @@ pub async fn decide(cfg: &Config, id: &str, action: &str, class: Option<&str>, r
     let queue = ReviewQueue::new(&cfg.review.dir);
     // Open the reviewers' audit chain first: no decision without a record of it.
     let audit = AuditLog::open(&cfg.audit.review_chain()).context("opening the reviewers' audit chain")?;
+    // A copy archived here goes to the SMTP archive sink too; the daemon's sender finds it.
+    let outbox = crate::archive::outbox::Outbox::open(cfg, std::sync::Arc::new(crate::telemetry::Metrics::new()))
+        .context("archive.smtp.outbox_dir")?;
     let (decision, dest) = queue.decide(
         id,
         action,
         class,
         reviewer,
-        &Archive::new(&cfg.archive.dir),
-        &Archive::new(&cfg.archive.restricted_dir),
+        &Archive::new(&cfg.archive.dir).with_outbox(outbox.clone()),
+        &Archive::new(&cfg.archive.restricted_dir).with_outbox(outbox),
         &cfg.mdto,
     )?;
     let message_id = decision.message_id.as_deref().map(|m| audit.hash_message_id(m));

@@ -6,7 +6,8 @@
 mod http;
 
 use prometheus::{
-    Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 pub use http::{Health, Refresh, serve_http};
@@ -52,6 +53,14 @@ pub struct Metrics {
     pub reloads: IntCounterVec,
     /// 1 if the last reload succeeded (or none was tried), 0 if it was refused.
     pub reload_ok: IntGauge,
+    /// The SMTP archive sink: copies waiting in the outbox, the age of the oldest, copies given
+    /// up (in `failed/`), copies delivered, and failed attempts by kind (`unreachable`,
+    /// `deferred`, `refused`, `expired`, `corrupt`, `io`).
+    pub archive_outbox_depth: IntGauge,
+    pub archive_outbox_oldest_seconds: IntGauge,
+    pub archive_outbox_failed: IntGauge,
+    pub archive_outbox_sent: IntCounter,
+    pub archive_outbox_failures: IntCounterVec,
 }
 
 const LATENCY_BUCKETS: &[f64] =
@@ -98,6 +107,10 @@ impl Metrics {
             IntGaugeVec::new(Opts::new("mailgrip_model_info", "The model in use (value 1)."), &["name", "version"])
                 .unwrap();
         registry.register(Box::new(model_info.clone())).unwrap();
+        let archive_outbox_sent =
+            IntCounter::new("mailgrip_archive_outbox_sent_total", "Archive copies delivered to the archiver by SMTP.")
+                .unwrap();
+        registry.register(Box::new(archive_outbox_sent.clone())).unwrap();
         Metrics {
             messages: counter(
                 "mailgrip_messages_total",
@@ -150,6 +163,24 @@ impl Metrics {
             reload_ok: gauge(
                 "mailgrip_config_last_reload_successful",
                 "1 if the last reload succeeded or none was tried; 0 if the last one was refused.",
+            ),
+            archive_outbox_depth: gauge(
+                "mailgrip_archive_outbox_depth",
+                "Archive copies waiting in the SMTP outbox for the archiver.",
+            ),
+            archive_outbox_oldest_seconds: gauge(
+                "mailgrip_archive_outbox_oldest_seconds",
+                "Age of the oldest archive copy waiting in the SMTP outbox.",
+            ),
+            archive_outbox_failed: gauge(
+                "mailgrip_archive_outbox_failed",
+                "Archive copies given up (archiver refused, or too old), kept in the outbox's failed/ folder.",
+            ),
+            archive_outbox_sent,
+            archive_outbox_failures: counter(
+                "mailgrip_archive_outbox_failures_total",
+                "Failed attempts to deliver an archive copy to the archiver, by kind.",
+                &["kind"],
             ),
             registry,
         }

@@ -53,7 +53,12 @@ pub struct Sink {
 
 impl Sink {
     pub async fn start() -> Sink {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Sink::start_at("127.0.0.1:0".parse().unwrap()).await
+    }
+
+    /// A sink on a given address (e.g. a port reserved earlier, for a next hop that comes up late).
+    pub async fn start_at(addr: SocketAddr) -> Sink {
+        let listener = TcpListener::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let received = Arc::new(Mutex::new(Vec::new()));
         let mode = Arc::new(Mutex::new(SinkMode::Accept));

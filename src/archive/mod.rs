@@ -5,15 +5,23 @@
 //! `archive.dir/.tmp/`), the message is relayed, and only then *committed* by atomic rename and a
 //! directory fsync. If the relay fails, the staged copy is discarded and the MTA retries, so the
 //! archive never holds a message that was not delivered.
+//!
+//! With `[archive.smtp]` enabled, a store also stages an entry in the SMTP outbox ([`outbox`])
+//! with each copy whose action is sent; the same commit makes both visible, the same discard
+//! drops both.
+
+pub mod outbox;
 
 use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::envelope::Envelope;
+use outbox::Outbox;
 
 /// The JSON sidecar of an archive copy.
 #[derive(Debug, Serialize)]
@@ -39,6 +47,8 @@ pub struct Archive {
     dir: PathBuf,
     /// `YYYY/MM/DD/` sub-folders (archive stores) or one flat folder (the review queue).
     dated: bool,
+    /// The SMTP archive sink's outbox, when copies of this store go to an archiver too.
+    outbox: Option<Arc<Outbox>>,
 }
 
 /// A copy written and fsynced, not yet visible.
@@ -46,17 +56,25 @@ pub struct Archive {
 pub struct Staged {
     files: Vec<(PathBuf, PathBuf)>,
     dest_dir: PathBuf,
+    /// The staged outbox entry folder, where it goes, and its outbox.
+    outbox: Option<(PathBuf, PathBuf, Arc<Outbox>)>,
 }
 
 impl Archive {
     /// An archive store laid out by date.
     pub fn new(dir: &Path) -> Archive {
-        Archive { dir: dir.to_path_buf(), dated: true }
+        Archive { dir: dir.to_path_buf(), dated: true, outbox: None }
+    }
+
+    /// Also stage an SMTP outbox entry with every copy whose action the outbox sends.
+    pub fn with_outbox(mut self, outbox: Option<Arc<Outbox>>) -> Archive {
+        self.outbox = outbox;
+        self
     }
 
     /// A flat store (the review queue): `dir/<id>.eml` + `dir/<id>.json`.
     pub fn flat(dir: &Path) -> Archive {
-        Archive { dir: dir.to_path_buf(), dated: false }
+        Archive { dir: dir.to_path_buf(), dated: false, outbox: None }
     }
 
     pub fn dir(&self) -> &Path {
@@ -88,34 +106,72 @@ impl Archive {
         let tmp = self.dir.join(".tmp");
         create_private_dir(&tmp)?;
         let dest_dir = self.dest_dir(date);
-        let mut files = Vec::new();
         // The sidecars are renamed first, so whoever sees an .eml also finds its metadata.
         let mut all: Vec<(String, &[u8])> = vec![(format!("{id}.json"), &json[..])];
         all.extend(extra.iter().map(|(name, bytes)| (name.clone(), &bytes[..])));
         all.push((format!("{id}.eml"), tagged));
+        let mut staged = Staged { files: Vec::new(), dest_dir, outbox: None };
         for (name, bytes) in all {
-            let staged = tmp.join(&name);
-            write_synced(&staged, bytes)?;
-            files.push((staged, dest_dir.join(name)));
+            let path = tmp.join(&name);
+            if let Err(e) = write_synced(&path, bytes) {
+                let _ = fs::remove_file(&path);
+                staged.discard();
+                return Err(e);
+            }
+            staged.files.push((path, staged.dest_dir.join(name)));
         }
-        Ok(Staged { files, dest_dir })
+        if let Some(outbox) = self.outbox.as_ref().filter(|o| o.wants(sidecar.action)) {
+            match outbox.stage(id, sidecar.action, sidecar.envelope, tagged) {
+                Ok((from, to)) => staged.outbox = Some((from, to, outbox.clone())),
+                Err(e) => {
+                    let _ = fs::remove_dir_all(outbox.dir().join(".tmp").join(id));
+                    staged.discard();
+                    return Err(io::Error::new(e.kind(), format!("archive outbox {}: {e}", outbox.dir().display())));
+                }
+            }
+        }
+        Ok(staged)
+    }
+
+    /// For copies that reach this store outside [`Archive::stage`] (a reviewer's decision): put
+    /// the already archived copy into the SMTP outbox too, when its action is sent. Returns
+    /// whether an entry was made.
+    pub fn enqueue_outbox(&self, id: &str, action: &str, env: &Envelope, tagged: &[u8]) -> io::Result<bool> {
+        let Some(outbox) = self.outbox.as_ref().filter(|o| o.wants(action)) else { return Ok(false) };
+        let (from, to) = outbox.stage(id, action, env, tagged)?;
+        if let Err(e) = outbox.commit(&from, &to) {
+            let _ = fs::remove_dir_all(&from);
+            return Err(e);
+        }
+        Ok(true)
     }
 }
 
 impl Staged {
-    /// Make the copy visible: atomic renames, then fsync of the directory.
+    /// Make the copy visible: atomic renames, then fsync of the directory; then its outbox entry
+    /// (one folder rename and an fsync). The archive copy goes first: it is the record, the
+    /// archiver's copy follows from it. If the process dies in between, the MTA has not had its
+    /// 250 yet (SMTP relay path) and delivers the mail again, to archive and outbox both.
     pub fn commit(self) -> io::Result<PathBuf> {
         create_private_dir(&self.dest_dir)?;
         for (from, to) in &self.files {
             fs::rename(from, to)?;
         }
         sync_dir(&self.dest_dir)?;
+        if let Some((from, to, outbox)) = &self.outbox {
+            outbox
+                .commit(from, to)
+                .map_err(|e| io::Error::new(e.kind(), format!("archive outbox {}: {e}", outbox.dir().display())))?;
+        }
         Ok(self.files.last().map(|(_, to)| to.clone()).unwrap_or_default())
     }
 
     pub fn discard(self) {
         for (from, _) in &self.files {
             let _ = fs::remove_file(from);
+        }
+        if let Some((from, _, _)) = &self.outbox {
+            let _ = fs::remove_dir_all(from);
         }
     }
 }
@@ -133,7 +189,7 @@ pub fn write_durably(dir: &Path, name: &str, bytes: &[u8]) -> io::Result<PathBuf
 }
 
 /// Mail copies are readable by the service user only: files 0600, folders 0700.
-fn write_synced(path: &Path, bytes: &[u8]) -> io::Result<()> {
+pub(crate) fn write_synced(path: &Path, bytes: &[u8]) -> io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
     let mut f = fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
     f.write_all(bytes)?;
