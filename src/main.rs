@@ -55,6 +55,15 @@ enum Command {
     /// The audit trail.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// The archivist's web console.
+    #[command(subcommand)]
+    Admin(AdminCommand),
+}
+
+#[derive(Subcommand)]
+enum AdminCommand {
+    /// Read a password from stdin (its first line) and print its argon2 hash for [[admin.users]].
+    HashPassword,
 }
 
 #[derive(Subcommand)]
@@ -162,6 +171,7 @@ fn real_main() -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Admin(AdminCommand::HashPassword) => cli::admin::hash_password(),
         Command::Serve => {
             init_tracing(&cfg);
             runtime()?.block_on(serve(cfg))
@@ -185,6 +195,11 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
                 .with_context(|| format!("metrics.listen {}", cfg.metrics.listen))?,
         )
     };
+    let admin = if cfg.admin.listen.is_empty() {
+        None
+    } else {
+        Some(TcpListener::bind(&cfg.admin.listen).await.with_context(|| format!("admin.listen {}", cfg.admin.listen))?)
+    };
     let shutdown = CancellationToken::new();
     let token = shutdown.clone();
     tokio::spawn(async move {
@@ -197,6 +212,6 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         tracing::info!("shutdown requested; finishing sessions in flight");
         token.cancel();
     });
-    mailgrip::run(cfg, mailgrip::Listeners { smtp, metrics }, shutdown).await?;
+    mailgrip::run(cfg, mailgrip::Listeners { smtp, metrics, admin }, shutdown).await?;
     Ok(())
 }

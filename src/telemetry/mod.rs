@@ -44,6 +44,10 @@ pub struct Metrics {
     /// Reviewer decisions by (predicted, corrected) class: the drift signal for retraining.
     pub review_overrides: IntGaugeVec,
     pub model_info: IntGaugeVec,
+    /// Console logins by result (`success`, `failure`, `throttled`).
+    pub admin_logins: IntCounterVec,
+    /// Console requests refused, by reason (`csrf`, `origin`, `role`).
+    pub admin_refused: IntCounterVec,
 }
 
 const LATENCY_BUCKETS: &[f64] =
@@ -124,6 +128,12 @@ impl Metrics {
             ),
             review_overrides,
             model_info,
+            admin_logins: counter("mailgrip_admin_logins_total", "Console logins by result.", &["result"]),
+            admin_refused: counter(
+                "mailgrip_admin_refused_total",
+                "Console requests refused (CSRF token, foreign origin, role).",
+                &["reason"],
+            ),
             registry,
         }
     }
