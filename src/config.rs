@@ -393,9 +393,6 @@ impl Config {
             parse_addr("metrics.listen", &self.metrics.listen)?;
         }
         self.admin.validate().map_err(|(key, problem)| invalid(key, problem))?;
-        if !self.admin.listen.is_empty() && self.admin.listen == self.smtp.listen {
-            return Err(invalid("admin.listen", "equals smtp.listen"));
-        }
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
             return Err(invalid("log.level", format!("{:?} is not a valid filter", self.log.level)));
         }

@@ -202,6 +202,7 @@ pub async fn serve_admin(listener: TcpListener, console: Arc<Console>, shutdown:
                 async move { Ok::<_, Infallible>(with_security_headers(handle(&console, req, peer.ip()).await)) }
             });
             let conn = http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
                 .header_read_timeout(Duration::from_secs(30))
                 .serve_connection(TokioIo::new(stream), service);
             tokio::pin!(conn);
