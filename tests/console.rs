@@ -112,7 +112,9 @@ fn form(pairs: &[(&str, &str)]) -> String {
 
 /// Log in; returns the `Cookie` header value.
 async fn login(c: &Console, user: &str, password: &str) -> String {
-    let r = http(c.admin, "POST", "/login", &[], &form(&[("user", user), ("password", password)])).await;
+    let origin = format!("http://{}", c.admin);
+    let body = form(&[("user", user), ("password", password)]);
+    let r = http(c.admin, "POST", "/login", &[("Origin", &origin)], &body).await;
     assert_eq!(r.status, 303, "{r:?}");
     let cookie = r.header("set-cookie").expect("a session cookie");
     cookie.split(';').next().unwrap().to_string()
@@ -286,8 +288,19 @@ async fn held_copy_is_shown_escaped_and_decided_with_csrf_and_roles() {
     let r = decide(&anna, &[("action", "archive"), ("csrf", &token)], Some("http://evil.example")).await;
     assert_eq!(r.status, 403, "foreign origin");
     assert_security_headers(&r);
+    let (cookie_h, body) = (anna.clone(), form(&[("action", "archive"), ("csrf", &token)]));
+    for extra in [
+        vec![("Origin", "null")],
+        vec![("Sec-Fetch-Site", "cross-site")],
+        vec![("Sec-Fetch-Site", "same-site"), ("Origin", "null")],
+    ] {
+        let mut headers = vec![("Cookie", cookie_h.as_str())];
+        headers.extend(extra.iter().copied());
+        let r = http(c.admin, "POST", &decide_path, &headers, &body).await;
+        assert_eq!(r.status, 403, "{extra:?}");
+    }
     assert_eq!(metric(&c, "mailgrip_admin_refused_total", "reason=\"csrf\"").await, 2.0);
-    assert_eq!(metric(&c, "mailgrip_admin_refused_total", "reason=\"origin\"").await, 1.0);
+    assert_eq!(metric(&c, "mailgrip_admin_refused_total", "reason=\"origin\"").await, 4.0);
     // Another session's token does not fit either.
     let otto = login(&c, "otto", AUDITOR_PW).await;
     let otto_page = http(c.admin, "GET", &format!("/item/{id}"), &[("Cookie", &otto)], "").await;
@@ -306,9 +319,10 @@ async fn held_copy_is_shown_escaped_and_decided_with_csrf_and_roles() {
     let r = decide(&anna, &[("action", "review"), ("csrf", &token)], None).await;
     assert_eq!(r.status, 400);
 
-    // The archivist decides (with the same-origin header a browser sends).
-    let origin = format!("http://{}", c.admin);
-    let r = decide(&anna, &[("action", "archive"), ("class", "functioneel"), ("csrf", &token)], Some(&origin)).await;
+    // The archivist decides (with the headers a browser sends under Referrer-Policy: no-referrer).
+    let body = form(&[("action", "archive"), ("class", "functioneel"), ("csrf", &token)]);
+    let headers = [("Cookie", anna.as_str()), ("Origin", "null"), ("Sec-Fetch-Site", "same-origin")];
+    let r = http(c.admin, "POST", &decide_path, &headers, &body).await;
     assert_eq!(r.status, 303, "{r:?}");
     assert!(r.header("location").unwrap().starts_with("/?decided="));
     let archived: Vec<_> = files_under(&c.dir.path().join("archive"));

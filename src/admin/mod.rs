@@ -55,8 +55,9 @@ pub struct AdminConfig {
     /// Seconds after login after which a session ends, however active.
     pub session_max_secs: u64,
     /// Mark the session cookie `Secure` (and name it `__Host-mailgrip`): browsers then send it
-    /// over HTTPS only. Keep it on whenever the console is reached through a TLS proxy; turn it
-    /// off only for plain HTTP on loopback.
+    /// over HTTPS only. Browsers treat loopback (`http://127.0.0.1`, `http://localhost`) as secure
+    /// too, so it works there as well; turn it off only for plain HTTP to another address (which
+    /// sends passwords in the clear: better put a TLS proxy in front).
     pub secure_cookies: bool,
     /// Baseline model directory whose top terms explain a held copy's class. Empty: no
     /// explanations.
@@ -265,15 +266,26 @@ fn cookie_value<'a>(req: &'a Request<hyper::body::Incoming>, name: &str) -> Opti
         .map(|(_, v)| v)
 }
 
-/// A cross-site form post carries a foreign `Origin`; browsers send it on every POST. Requests
-/// without one (non-browser clients) still need the CSRF token.
+/// Where a POST came from, as the browser tells: a cross-site form post carries `Sec-Fetch-Site:
+/// cross-site` (or `same-site`) and a foreign `Origin`. Our own forms come with `Sec-Fetch-Site:
+/// same-origin`, and, because of `Referrer-Policy: no-referrer`, with `Origin: null` (the Fetch
+/// standard serialises the origin as null under that policy), so "null" is only accepted with
+/// `same-origin` beside it. Clients that send neither header (curl, scripts) still need the CSRF
+/// token; that token, not this check, is the primary defence.
 fn origin_ok(req: &Request<hyper::body::Incoming>) -> bool {
-    let Some(origin) = req.headers().get(header::ORIGIN) else {
-        return true;
-    };
-    let host = req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("");
-    let origin = origin.to_str().unwrap_or("");
-    !host.is_empty() && (origin == format!("http://{host}") || origin == format!("https://{host}"))
+    let header = |name| req.headers().get(name).map(|v: &HeaderValue| v.to_str().unwrap_or("?"));
+    let site = header("sec-fetch-site");
+    if site.is_some_and(|s| s != "same-origin") {
+        return false;
+    }
+    match header(header::ORIGIN.as_str()) {
+        None => true,
+        Some("null") => site == Some("same-origin"),
+        Some(origin) => {
+            let host = header(header::HOST.as_str()).unwrap_or("");
+            !host.is_empty() && (origin == format!("http://{host}") || origin == format!("https://{host}"))
+        }
+    }
 }
 
 async fn read_form(req: Request<hyper::body::Incoming>) -> Option<HashMap<String, String>> {
