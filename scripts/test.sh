@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Run every test of mailgrip on a fresh Debian machine (as root, as CI does):
-# installs what is missing (Postfix for the end-to-end test, the ONNX Runtime wheel, the
-# training venv), then runs the Rust tests, the real-Postfix end-to-end test and the
-# training smoke test. Exit status non-zero on any failure.
+# installs what is missing (Postfix for the end-to-end test, Chromium for the console test, the
+# ONNX Runtime wheel, the training venv), then runs the Rust tests, the real-Postfix end-to-end
+# test, the console's browser test and the training smoke test. Exit status non-zero on any failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,6 +13,9 @@ scripts/install-postfix.sh
 if ! command -v xmllint >/dev/null; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends libxml2-utils
 fi
+
+step "install: Chromium, chromedriver and Selenium (console browser test)"
+scripts/install-browser.sh
 
 step "install: ONNX Runtime venv and release build"
 scripts/setup.sh
@@ -25,6 +28,9 @@ cargo test --release --locked
 
 step "Postfix end-to-end (content filter, kill -9 mid-stream)"
 tests/postfix/e2e.sh
+
+step "archivist console in a real browser (headless Chromium: log in, open, decide, archived)"
+tests/console/.venv/bin/python tests/console/browser_test.py
 
 step "deploy kit: Prometheus rules (promtool), Grafana dashboard, systemd unit"
 tests/deploy/check.sh

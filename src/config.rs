@@ -15,6 +15,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
+pub use crate::admin::AdminConfig;
 pub use crate::archive::outbox::ArchiveSmtpConfig;
 pub use crate::audit::AuditConfig;
 use crate::classify::LABELS;
@@ -35,6 +36,7 @@ pub struct Config {
     pub model: ModelConfig,
     pub classify: ClassifyConfig,
     pub metrics: MetricsConfig,
+    pub admin: AdminConfig,
     pub log: LogConfig,
 }
 
@@ -443,6 +445,7 @@ impl Config {
         if !self.metrics.listen.is_empty() {
             parse_addr("metrics.listen", &self.metrics.listen)?;
         }
+        self.admin.validate().map_err(|(key, problem)| invalid(key, problem))?;
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
             return Err(invalid("log.level", format!("{:?} is not a valid filter", self.log.level)));
         }

@@ -23,8 +23,10 @@
 //! - [`archive`]: durable `.eml` + JSON sidecar by date.
 //! - [`pipeline`]: the steps above, in order, for one message.
 //! - [`telemetry`]: Prometheus metrics, health endpoints.
+//! - [`review`], [`admin`]: the review queue and the archivist's web console.
 //! - [`config`]: layered, validated configuration.
 
+pub mod admin;
 pub mod archive;
 pub mod audit;
 pub mod classify;
@@ -57,6 +59,8 @@ use telemetry::Metrics;
 pub struct Listeners {
     pub smtp: TcpListener,
     pub metrics: Option<TcpListener>,
+    /// The archivist's console (`admin.listen`), when configured.
+    pub admin: Option<TcpListener>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -127,6 +131,11 @@ pub async fn run_with_reload(
             }
         });
         tasks.spawn(telemetry::serve_http(listener, metrics.clone(), ready, refresh, shutdown.clone()));
+    }
+    if let Some(listener) = listeners.admin {
+        let console = admin::Console::start(&cfg, metrics.clone()).await.map_err(StartError::Other)?;
+        tracing::info!(admin = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "console listening");
+        tasks.spawn(admin::serve_admin(listener, console, shutdown.clone()));
     }
     let settings = Arc::new(ingress::IngressSettings::new(&cfg).map_err(|e| StartError::Other(e.to_string()))?);
     tracing::info!(smtp = %listeners.smtp.local_addr().map(|a| a.to_string()).unwrap_or_default(),

@@ -55,6 +55,15 @@ enum Command {
     /// The audit trail.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// The archivist's web console.
+    #[command(subcommand)]
+    Admin(AdminCommand),
+}
+
+#[derive(Subcommand)]
+enum AdminCommand {
+    /// Read a password from stdin (its first line) and print its argon2 hash for [[admin.users]].
+    HashPassword,
 }
 
 #[derive(Subcommand)]
@@ -162,6 +171,7 @@ fn real_main() -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Admin(AdminCommand::HashPassword) => cli::admin::hash_password(),
         Command::Serve => {
             init_tracing(&cfg);
             runtime()?.block_on(serve(cfg, cli.config.clone()))
@@ -184,6 +194,11 @@ async fn serve(cfg: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> 
                 .await
                 .with_context(|| format!("metrics.listen {}", cfg.metrics.listen))?,
         )
+    };
+    let admin = if cfg.admin.listen.is_empty() {
+        None
+    } else {
+        Some(TcpListener::bind(&cfg.admin.listen).await.with_context(|| format!("admin.listen {}", cfg.admin.listen))?)
     };
     let shutdown = CancellationToken::new();
     let token = shutdown.clone();
@@ -208,6 +223,6 @@ async fn serve(cfg: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> 
     });
     let load = Box::new(move || Config::load(config_path.as_deref()).map_err(|e| format!("configuration: {e}")));
     let reload = mailgrip::Reload { requests, load };
-    mailgrip::run_with_reload(cfg, mailgrip::Listeners { smtp, metrics }, shutdown, Some(reload)).await?;
+    mailgrip::run_with_reload(cfg, mailgrip::Listeners { smtp, metrics, admin }, shutdown, Some(reload)).await?;
     Ok(())
 }

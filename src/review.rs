@@ -62,6 +62,10 @@ pub enum ReviewError {
     Invalid(String),
     #[error("{0}")]
     Io(#[from] io::Error),
+    /// The reviewers' audit chain could not be opened or written: nothing was decided (when it
+    /// could not be opened) or the decision stands without its record (when the append failed).
+    #[error("reviewers' audit chain: {0}")]
+    Audit(io::Error),
 }
 
 pub struct ReviewQueue {
@@ -115,6 +119,29 @@ impl ReviewQueue {
     pub fn message(&self, id: &str) -> Result<Vec<u8>, ReviewError> {
         check_id(id)?;
         fs::read(self.dir.join(format!("{id}.eml"))).map_err(|_| ReviewError::NotFound(id.to_string()))
+    }
+
+    /// The first `limit` bytes of a held copy (enough for its header, e.g. to show the subject).
+    pub fn head(&self, id: &str, limit: u64) -> Result<Vec<u8>, ReviewError> {
+        use std::io::Read;
+        check_id(id)?;
+        let file =
+            fs::File::open(self.dir.join(format!("{id}.eml"))).map_err(|_| ReviewError::NotFound(id.to_string()))?;
+        let mut buf = Vec::new();
+        file.take(limit).read_to_end(&mut buf)?;
+        Ok(buf)
+    }
+
+    /// Seconds since the copy was held (0 when unknown), as [`ReviewQueue::list`] reports it.
+    pub fn age_secs(&self, id: &str) -> u64 {
+        if check_id(id).is_err() {
+            return 0;
+        }
+        fs::metadata(self.dir.join(format!("{id}.json")))
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| std::time::SystemTime::now().duration_since(t).ok())
+            .map_or(0, |d| d.as_secs())
     }
 
     pub fn item(&self, id: &str) -> Result<ReviewItem, ReviewError> {
@@ -235,6 +262,69 @@ impl ReviewQueue {
         };
         Ok(text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect())
     }
+}
+
+/// Decide on a held copy and record it in the reviewers' audit chain (`audit.review_path`): what
+/// `mailgrip review decide` and the console both do. The chain is opened first (no decision
+/// without a record of it) and closed again afterwards, so that the CLI and the console, which
+/// run beside the daemon, take turns on its lock. The file work runs on the blocking pool.
+pub async fn decide_audited(
+    cfg: &crate::config::Config,
+    id: &str,
+    action: Action,
+    corrected: Option<&str>,
+    reviewer: &str,
+) -> Result<(ReviewDecision, Option<PathBuf>), ReviewError> {
+    use crate::audit::{AuditLog, Entry};
+    let blocking = |e: tokio::task::JoinError| ReviewError::Io(io::Error::other(e.to_string()));
+    let audit_cfg = cfg.audit.review_chain();
+    let audit = tokio::task::spawn_blocking(move || AuditLog::open(&audit_cfg))
+        .await
+        .map_err(blocking)?
+        .map_err(ReviewError::Audit)?;
+    // A copy archived here goes to the SMTP archive sink too; the daemon's sender finds it.
+    let outbox = crate::archive::outbox::Outbox::open(cfg, std::sync::Arc::new(crate::telemetry::Metrics::new()))
+        .map_err(ReviewError::Io)?;
+    let (queue, archive, restricted, mdto) = (
+        ReviewQueue::new(&cfg.review.dir),
+        Archive::new(&cfg.archive.dir).with_outbox(outbox.clone()),
+        Archive::new(&cfg.archive.restricted_dir).with_outbox(outbox),
+        cfg.mdto.clone(),
+    );
+    let (id, corrected, reviewer) = (id.to_string(), corrected.map(str::to_string), reviewer.to_string());
+    let decided = tokio::task::spawn_blocking(move || {
+        queue.decide(&id, action, corrected.as_deref(), &reviewer, &archive, &restricted, &mdto)
+    })
+    .await
+    .map_err(blocking)?;
+    let (decision, dest) = match decided {
+        Ok(d) => d,
+        Err(e) => {
+            tokio::task::spawn_blocking(move || drop(audit)).await.map_err(blocking)?;
+            return Err(e);
+        }
+    };
+    let message_id = decision.message_id.as_deref().map(|m| audit.hash_message_id(m));
+    let appended = audit
+        .append(Entry {
+            kind: "review".into(),
+            id: decision.id.clone(),
+            message_id_hash: message_id,
+            model: Some(decision.model.clone()),
+            model_version: Some(decision.model_version.clone()),
+            class: decision.predicted.clone(),
+            corrected_class: Some(decision.corrected.clone()),
+            action: decision.action.as_str().to_string(),
+            mode: "enforce".into(),
+            reviewer: Some(decision.reviewer.clone()),
+            reason: Some("reviewer decision".into()),
+            ..Default::default()
+        })
+        .await;
+    // Dropping the log joins its writer thread: not on an async worker.
+    tokio::task::spawn_blocking(move || drop(audit)).await.map_err(blocking)?;
+    appended.map_err(ReviewError::Audit)?;
+    Ok((decision, dest))
 }
 
 /// Ids are ours (hex); anything else could walk out of the folder.

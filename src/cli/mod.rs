@@ -2,6 +2,7 @@
 //! the same parse and classify code as the daemon; `policy`, `review` and `audit` serve the
 //! archivist and the auditor.
 
+pub mod admin;
 pub mod audit;
 pub mod policy;
 pub mod review;

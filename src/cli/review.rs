@@ -5,8 +5,6 @@ use anyhow::Context;
 use serde_json::json;
 
 use super::Format;
-use crate::archive::Archive;
-use crate::audit::{AuditLog, Entry};
 use crate::config::Config;
 use crate::decide::Action;
 use crate::review::ReviewQueue;
@@ -35,39 +33,7 @@ pub async fn decide(cfg: &Config, id: &str, action: &str, class: Option<&str>, r
     let action = Action::parse(action)
         .filter(|a| *a != Action::Review)
         .with_context(|| format!("--action {action:?}: one of archive, archive-restricted, none"))?;
-    let queue = ReviewQueue::new(&cfg.review.dir);
-    // Open the reviewers' audit chain first: no decision without a record of it.
-    let audit = AuditLog::open(&cfg.audit.review_chain()).context("opening the reviewers' audit chain")?;
-    // A copy archived here goes to the SMTP archive sink too; the daemon's sender finds it.
-    let outbox = crate::archive::outbox::Outbox::open(cfg, std::sync::Arc::new(crate::telemetry::Metrics::new()))
-        .context("archive.smtp.outbox_dir")?;
-    let (decision, dest) = queue.decide(
-        id,
-        action,
-        class,
-        reviewer,
-        &Archive::new(&cfg.archive.dir).with_outbox(outbox.clone()),
-        &Archive::new(&cfg.archive.restricted_dir).with_outbox(outbox),
-        &cfg.mdto,
-    )?;
-    let message_id = decision.message_id.as_deref().map(|m| audit.hash_message_id(m));
-    audit
-        .append(Entry {
-            kind: "review".into(),
-            id: decision.id.clone(),
-            message_id_hash: message_id,
-            model: Some(decision.model.clone()),
-            model_version: Some(decision.model_version.clone()),
-            class: decision.predicted.clone(),
-            corrected_class: Some(decision.corrected.clone()),
-            action: decision.action.as_str().to_string(),
-            mode: "enforce".into(),
-            reviewer: Some(decision.reviewer.clone()),
-            reason: Some("reviewer decision".into()),
-            ..Default::default()
-        })
-        .await
-        .context("writing the reviewers' audit chain")?;
+    let (decision, dest) = crate::review::decide_audited(cfg, id, action, class, reviewer).await?;
     println!(
         "{}",
         json!({"id": decision.id, "action": decision.action.as_str(), "predicted": decision.predicted,

@@ -61,6 +61,10 @@ pub struct Metrics {
     pub archive_outbox_failed: IntGauge,
     pub archive_outbox_sent: IntCounter,
     pub archive_outbox_failures: IntCounterVec,
+    /// Console logins by result (`success`, `failure`, `throttled`).
+    pub admin_logins: IntCounterVec,
+    /// Console requests refused, by reason (`csrf`, `origin`, `role`).
+    pub admin_refused: IntCounterVec,
 }
 
 const LATENCY_BUCKETS: &[f64] =
@@ -181,6 +185,12 @@ impl Metrics {
                 "mailgrip_archive_outbox_failures_total",
                 "Failed attempts to deliver an archive copy to the archiver, by kind.",
                 &["kind"],
+            ),
+            admin_logins: counter("mailgrip_admin_logins_total", "Console logins by result.", &["result"]),
+            admin_refused: counter(
+                "mailgrip_admin_refused_total",
+                "Console requests refused (CSRF token, foreign origin, role).",
+                &["reason"],
             ),
             registry,
         }
