@@ -174,8 +174,16 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 async fn serve(cfg: Config) -> anyhow::Result<()> {
-    let smtp =
-        TcpListener::bind(cfg.smtp_listen()).await.with_context(|| format!("smtp.listen {}", cfg.smtp.listen))?;
+    let smtp = match cfg.smtp_listen() {
+        Some(addr) => Some(TcpListener::bind(addr).await.with_context(|| format!("smtp.listen {}", cfg.smtp.listen))?),
+        None => None,
+    };
+    let milter = match cfg.milter_listen() {
+        Some(addr) => {
+            Some(TcpListener::bind(addr).await.with_context(|| format!("milter.listen {}", cfg.milter.listen))?)
+        }
+        None => None,
+    };
     let metrics = if cfg.metrics.listen.is_empty() {
         None
     } else {
@@ -197,6 +205,6 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         tracing::info!("shutdown requested; finishing sessions in flight");
         token.cancel();
     });
-    mailgrip::run(cfg, mailgrip::Listeners { smtp, metrics }, shutdown).await?;
+    mailgrip::run(cfg, mailgrip::Listeners { smtp, metrics, milter }, shutdown).await?;
     Ok(())
 }
