@@ -26,7 +26,7 @@ use miltr_common::commands::{Body, Connect, Header, Helo, Macro, Mail, Recipient
 use miltr_common::modifications::ModificationResponse;
 use miltr_common::modifications::headers::{ChangeHeader, InsertHeader};
 use miltr_common::modifications::quarantine::Quarantine;
-use miltr_common::optneg::{Capability, MacroStage, OptNeg};
+use miltr_common::optneg::{Capability, OptNeg};
 use miltr_server::{Milter, Server};
 use serde::{Deserialize, Serialize};
 use tokio::net::{TcpListener, TcpStream};
@@ -325,7 +325,8 @@ impl MilterSession {
                     OnMilterError::Tempfail => {
                         m.error("milter", "tempfailed");
                         warn!(reply = %reply.text, "not analysed; tempfailed (milter.on_error = tempfail)");
-                        response.build(tempfail_reply(reply.code, &reply.text))
+                        // The message is not taken: no changes, just the reply.
+                        ModificationResponse::builder().build(tempfail_reply(reply.code, &reply.text))
                     }
                 },
             }
@@ -357,14 +358,14 @@ fn address(raw: &str) -> String {
 impl Milter for MilterSession {
     type Error = Infallible;
 
-    /// Ask only for what we use: add and change headers, quarantine; and the queue id at end of
-    /// message (Postfix sends it by default, Sendmail only when asked).
+    /// Ask only for what we use: add and change headers, quarantine. The queue id (macro `i`)
+    /// comes with Postfix's default `milter_end_of_data_macros`; we do not request macros, as
+    /// a longer negotiation reply trips some milter clients.
     async fn option_negotiation(&mut self, theirs: OptNeg) -> Result<OptNeg, miltr_server::Error<Infallible>> {
-        let mut ours = OptNeg {
+        let ours = OptNeg {
             capabilities: Capability::SMFIF_ADDHDRS | Capability::SMFIF_CHGHDRS | Capability::SMFIF_QUARANTINE,
             ..OptNeg::default()
         };
-        ours.macro_stages.with_stage(MacroStage::EndOfBody, &["i"]);
         Ok(ours.merge_compatible(&theirs).map_err(miltr_common::ProtocolError::CompatibilityError)?)
     }
 
