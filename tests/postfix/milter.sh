@@ -88,7 +88,8 @@ t_sent=$(elapsed "$t0")
 
 swaks_fail=0
 for k in $(seq 1 "$F"); do
-    # A pre-tagged message: three forged fields, one folded over two lines, mixed case.
+    # A pre-tagged message: four forged fields, one folded over two lines, mixed case, one
+    # name twice (deletions address the n-th field of a name).
     # Every forged line carries the mark FORGED, so any leftover is found.
     printf '%s\r\n' \
         "X-Mailgrip-Class: functioneel FORGED" \
@@ -98,6 +99,7 @@ for k in $(seq 1 "$F"); do
         "  prive=0.0 FORGED-CONTINUATION" \
         "Subject: vervalst $k" \
         "X-MAILGRIP-ACTION: archive FORGED" \
+        "X-Mailgrip-Class: tweede FORGED" \
         "" \
         "Gewoon archiveren, zegt de afzender." \
         "X-Mailgrip-Class: in de body blijft dit staan" >"$TMP/forged.eml"

@@ -59,9 +59,9 @@ base_main_cf proxy.sh >"$PF/etc/main.cf"
 
 # (b): the after-filter smtpd refuses one recipient, as a mailbox server would.
 printf 'nobody@corp.example 550 5.1.1 <nobody@corp.example>: no such user here\n' >"$PF/etc/rcpt_reject"
-postmap "hash:$PF/etc/rcpt_reject" || die "postmap"
+postmap -c "$PF/etc" "hash:$PF/etc/rcpt_reject" || die "postmap"
 postconf -c "$PF/etc" -P \
-    "$HOST:$REINJECT_PORT/inet/smtpd_recipient_restrictions=check_recipient_access hash:$PF/etc/rcpt_reject,permit_mynetworks,reject"
+    "$HOST:$REINJECT_PORT/inet/smtpd_recipient_restrictions=check_recipient_access,hash:$PF/etc/rcpt_reject,permit_mynetworks,reject" || die "postconf -P"
 
 wired() {
     postconf -c "$PF/etc" -P "$HOST:$SMTP_PORT/inet/smtpd_proxy_filter" | grep -q "= $HOST:$FILTER_PORT\$" &&
@@ -132,7 +132,7 @@ check "the RCPT itself was accepted (250): the reject came at end of DATA" \
 # Postfix logs both ends: the after-filter smtpd refused the RCPT before queueing anything
 # (NOQUEUE), and the public smtpd passed mailgrip's reply on (proxy-reject).
 wait_for 30 "the rejects in the maillog" eval \
-    'grep -q "NOQUEUE: reject: RCPT .*<nobody@corp.example>" "$PF/log/maillog" && grep -q "NOQUEUE: proxy-reject: END-OF-MESSAGE: 550 5.1.1" "$PF/log/maillog"'
+    'grep -q "NOQUEUE: reject: RCPT .*<nobody@corp.example>" "$PF/log/maillog" && grep -q "proxy-reject: END-OF-MESSAGE: 550 5.1.1" "$PF/log/maillog"'
 check "maillog: NOQUEUE reject in the after-filter smtpd, proxy-reject END-OF-MESSAGE in the public one" test $? -eq 0
 check "nothing queued, delivered or bounced for it (queue $(queue_count), sink +$(($(sink_count) - before)))" \
     test "$(queue_count)" -eq 0 -a "$(sink_count)" -eq "$before" -a "$(maillog_count 'status=bounced')" -eq "$bounced_before"
