@@ -27,6 +27,7 @@ struct MilterGateway {
     metrics: SocketAddr,
     shutdown: CancellationToken,
     dir: tempfile::TempDir,
+    task: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Drop for MilterGateway {
@@ -48,8 +49,8 @@ async fn start_milter(tweak: impl FnOnce(&mut Config, &std::path::Path)) -> Milt
     let shutdown = CancellationToken::new();
     let s = shutdown.clone();
     let listeners = mailgrip::Listeners { milter: Some(milter), metrics: Some(metrics), ..Default::default() };
-    tokio::spawn(async move { mailgrip::run(cfg, listeners, s).await.expect("gateway failed") });
-    MilterGateway { milter: milter_addr, metrics: metrics_addr, shutdown, dir }
+    let task = tokio::spawn(async move { mailgrip::run(cfg, listeners, s).await.expect("gateway failed") });
+    MilterGateway { milter: milter_addr, metrics: metrics_addr, shutdown, dir, task: Some(task) }
 }
 
 /// The `classes` strategy with every class listed: each scored message leaves an archive copy.
@@ -231,7 +232,7 @@ async fn tags_are_added_forged_fields_deleted_and_the_copy_is_archived() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn several_messages_on_one_connection_and_in_parallel() {
+async fn parallel_connections_each_get_their_own_decision() {
     let gw = start_milter(|_, _| {}).await;
     let mut tasks = Vec::new();
     for i in 0..8 {
@@ -371,6 +372,38 @@ async fn both_listeners_in_one_process() {
     c.cmd("QUIT").await.unwrap();
     shutdown.cancel();
     tokio::time::timeout(Duration::from_secs(20), task).await.expect("both listeners stop on shutdown").unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_finishes_the_message_in_flight_then_closes_idle_connections() {
+    let mut gw = start_milter(|_, _| {}).await;
+    let client = MilterClient::new(OptNeg::default());
+    // An idle connection (between messages) and one in the middle of a message.
+    let mut idle = client.connect_via(TcpStream::connect(gw.milter).await.unwrap().compat()).await.unwrap();
+    idle.connect(Connect::new(b"idle.example", Family::Inet, Some(40001), b"192.0.2.8")).await.unwrap();
+    let mut busy = client.connect_via(TcpStream::connect(gw.milter).await.unwrap().compat()).await.unwrap();
+    busy.connect(Connect::new(b"client.example", Family::Inet, Some(40000), b"192.0.2.7")).await.unwrap();
+    busy.mail(&b"<a@example.nl>"[..]).await.unwrap();
+    busy.recipient(&b"<b@example.nl>"[..]).await.unwrap();
+    busy.data().await.unwrap();
+    busy.header(Header::new(b"Subject", b"net op tijd")).await.unwrap();
+
+    gw.shutdown.cancel();
+    // The message in flight is finished and tagged.
+    busy.end_of_header().await.unwrap();
+    busy.body(&b"Hallo.\r\n"[..]).await.unwrap();
+    let response = tokio::time::timeout(Duration::from_secs(30), busy.end_of_body()).await.unwrap().unwrap();
+    let mut msg = Msg::new(&[("Subject", "net op tijd")], b"Hallo.\r\n");
+    msg.apply(&response);
+    assert_eq!(msg.count("X-Mailgrip-Class"), 1, "{:?}", msg.headers);
+    // Then both connections are closed and run returns, well within the grace period.
+    let task = gw.task.take().unwrap();
+    tokio::time::timeout(Duration::from_secs(20), task)
+        .await
+        .expect("run returns once no message is in flight")
+        .unwrap();
+    assert!(idle.helo(&b"again"[..]).await.is_err(), "the idle connection was closed");
+    assert!(TcpStream::connect(gw.milter).await.is_err(), "the listener is closed");
 }
 
 #[test]
