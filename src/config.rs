@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 pub use crate::audit::AuditConfig;
 use crate::classify::LABELS;
 pub use crate::decide::{Action, PolicyConfig, PolicyMode, Strategy};
+pub use crate::ingress::milter::{MilterConfig, OnMilterError};
 pub use crate::mdto::MdtoConfig;
 
 /// The whole configuration.
@@ -35,7 +36,7 @@ pub struct Config {
     pub classify: ClassifyConfig,
     pub metrics: MetricsConfig,
     pub log: LogConfig,
-    pub milter: crate::ingress::milter::MilterConfig,
+    pub milter: MilterConfig,
 }
 
 /// SMTP ingress: where Postfix (or another MTA) hands us mail.

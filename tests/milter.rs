@@ -326,6 +326,20 @@ async fn on_error_accept_passes_untagged_but_still_strips_forged_fields() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_mail_passes_untagged_with_forged_fields_deleted() {
+    let gw = start_milter(|c, _| c.smtp.max_message_size = 300).await;
+    let mut msg = forged();
+    msg.body = "Lange tekst. ".repeat(50).into_bytes();
+    let response = converse(gw.milter, &msg).await;
+    assert!(matches!(response.final_action(), Action::Continue(_)), "{:?}", response.final_action());
+    msg.apply(&response);
+    assert!(!msg.headers.iter().any(|(n, _)| n.to_ascii_lowercase().starts_with("x-mailgrip-")), "{:?}", msg.headers);
+    let m = http_get(gw.metrics, "/metrics").await.1;
+    assert_eq!(metric_sum(&m, "mailgrip_errors_total", "error_type=\"too_large\",stage=\"milter\""), 1.0, "{m}");
+    assert_eq!(metric_sum(&m, "mailgrip_decisions_total", ""), 0.0, "not classified");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_error_tempfail_answers_the_4xx() {
     let gw = start_milter(|c, dir| {
         broken_archive(c, dir);

@@ -414,7 +414,8 @@ impl Milter for MilterSession {
         if self.msg.size > self.settings.ingress.smtp.max_message_size {
             self.msg.oversized = true;
         }
-        // Kept even when oversized: forged fields must still be found and deleted.
+        // Names are kept even when oversized: forged fields must still be found and deleted.
+        let value = if self.msg.oversized { String::new() } else { value };
         self.msg.headers.push((name, value));
         Ok(Continue.into())
     }
