@@ -311,7 +311,8 @@ impl MilterSession {
                     info!(class = %class, action = action.as_str(), scores = %verdict.scores_log,
                           model = %gateway.classifier.info().id(), reason = %verdict.decision.reason, quarantined,
                           "tagged by milter");
-                    // The MTA holds the message once it has our reply: the copy may become visible.
+                    // Committed before the reply: once Postfix has it, it queues the message. A copy of
+                    // a message that then fails to queue is the lesser evil than mail without its copy.
                     verdict.commit(m).await;
                     m.messages.with_label_values(&[&class, "accepted"]).inc();
                     response.contin()
