@@ -12,7 +12,9 @@
 #     all arrive, each with exactly one of each X-Mailgrip-* field, no forged field or
 #     continuation line left; one archive copy per message with the same decision id; the
 #     Postfix queue id (macro i) reaches mailgrip.
-# (b) mailgrip stopped: a message still arrives, untagged (milter_default_action = accept).
+# (b) milter.quarantine_review with a policy that reviews everything: Postfix puts the
+#     message in its hold queue (milter-hold); released, it arrives tagged "review".
+# (c) mailgrip stopped: a message still arrives, untagged (milter_default_action = accept).
 #
 # Needs root and Postfix (scripts/install-postfix.sh). Usage: tests/postfix/milter.sh
 # Environment (defaults): MAILGRIP=target/release/mailgrip  N=500  F=5  TIMEOUT=120 (s, per wait)
@@ -156,8 +158,43 @@ check "metrics: $accepted messages accepted by the milter, $milter_errors milter
 milter_warnings=$(tail -n +"$((log_mark + 1))" "$PF/log/maillog" | grep -c -i 'warning:.*milter')
 check "no milter warnings in the maillog ($milter_warnings)" test "$milter_warnings" -eq 0
 
-# ---------------------------------------------------------------- (b) mailgrip down
-echo "--- (b) mailgrip stopped: milter_default_action = accept delivers untagged"
+# ---------------------------------------------------------------- (b) quarantine
+echo "--- (b) milter.quarantine_review = true, a policy that reviews everything: Postfix holds the mail"
+stop_pid "$MG_PID"
+MG_PID=
+# Review costs nothing, every other action something: every message is held for review.
+check "mailgrip restarts with milter.quarantine_review = true" start_mailgrip \
+    MAILGRIP__SMTP__LISTEN= \
+    MAILGRIP__MILTER__LISTEN="$HOST:$MILTER_PORT" \
+    MAILGRIP__MILTER__QUARANTINE_REVIEW=true \
+    MAILGRIP__POLICY__COSTS__FUNCTIONEEL__REVIEW=0 \
+    MAILGRIP__POLICY__COSTS__PRIVE__REVIEW=0 \
+    MAILGRIP__POLICY__COSTS__NIET_FUNCTIONEEL__REVIEW=0 \
+    MAILGRIP__POLICY__COSTS__PERSONEELSVERTROUWELIJK__REVIEW=0 \
+    MAILGRIP__POLICY__COSTS__PARTIJPOLITIEK__REVIEW=0 ||
+    stop_here "mailgrip did not restart"
+before=$(sink_count)
+timeout 30 swaks --server "$HOST:$SMTP_PORT" --from a@x.example --to held1@corp.example \
+    --header "Subject: twijfelgeval" >>"$TMP/swaks.log" 2>&1
+check "Postfix accepts the message" test $? -eq 0
+held() { [ "$(find "$PF/spool/hold" -type f 2>/dev/null | wc -l)" -eq 1 ]; }
+wait_for "$TIMEOUT" "the message in the hold queue" held
+check "it is in Postfix's hold queue, not delivered (sink +$(($(sink_count) - before)))" \
+    eval 'held && [ "$(sink_count)" -eq "$before" ]'
+wait_for 30 "milter-hold in the maillog" eval \
+    'grep -q "milter-hold: END-OF-MESSAGE .*milter triggers HOLD action.*to=<held1@corp.example>" "$PF/log/maillog"'
+check "maillog: milter-hold (milter triggers HOLD action) for it" test $? -eq 0
+timeout 30 script -qec "postsuper -c $PF/etc -H ALL" /dev/null >/dev/null 2>&1
+wait_for "$TIMEOUT" "the released message at the sink" eval '[ "$(sink_count)" -gt "$before" ]'
+scan_sink
+review=$(awk '$1 == "held1"' "$TMP/delivered.txt")
+sample=$(grep -l -r '^X-Rcpt-Args: <held1@corp.example>' "$SINK" | head -1)
+check "released with postsuper -H, it arrives tagged once with X-Mailgrip-Action: review" \
+    eval '[ -n "$sample" ] && echo "$review" | awk '\''$2 == 1 && $7 == 6 { f = 1 } END { exit !f }'\'' && grep -q "^X-Mailgrip-Action: review" "$sample"'
+check "its copy waits in the review queue" eval '[ "$(find "$TMP/review" -name "*.eml" | wc -l)" -eq 1 ]'
+
+# ---------------------------------------------------------------- (c) mailgrip down
+echo "--- (c) mailgrip stopped: milter_default_action = accept delivers untagged"
 stop_pid "$MG_PID"
 MG_PID=
 before=$(sink_count)
