@@ -164,6 +164,8 @@ async fn connection(
 ) {
     let (busy_tx, mut busy) = watch::channel(false);
     let metrics = gateway.metrics.clone();
+    // The MTA holds one milter connection per SMTP session: the session cap bounds it too.
+    let limit = settings.ingress.smtp.session_timeout();
     let mut session = MilterSession::new(settings, gateway, busy_tx);
     let mut server = Server::new(&mut session, false, MAX_PACKET);
     let mut stream = stream.compat();
@@ -175,13 +177,18 @@ async fn connection(
     };
     tokio::select! {
         biased;
-        result = server.handle_connection(&mut stream) => match result {
-            Ok(()) => debug!("milter connection closed by the MTA"),
-            Err(miltr_server::Error::Io(e)) => {
+        result = tokio::time::timeout(limit, server.handle_connection(&mut stream)) => match result {
+            Err(_) => {
+                metrics.error("milter", "timeout");
+                let secs = limit.as_secs();
+                warn!(%peer, secs, "milter connection open longer than smtp.session_timeout_secs; closed");
+            }
+            Ok(Ok(())) => debug!("milter connection closed by the MTA"),
+            Ok(Err(miltr_server::Error::Io(e))) => {
                 metrics.error("milter", "io");
                 debug!(%peer, error = %e, "milter connection lost");
             }
-            Err(e) => {
+            Ok(Err(e)) => {
                 metrics.error("milter", "protocol");
                 warn!(%peer, error = %e, "milter protocol error; connection closed");
             }
