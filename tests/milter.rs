@@ -420,6 +420,24 @@ async fn shutdown_finishes_the_message_in_flight_then_closes_idle_connections() 
     assert!(TcpStream::connect(gw.milter).await.is_err(), "the listener is closed");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_is_closed_after_the_session_timeout() {
+    let gw = start_milter(|c, _| c.smtp.session_timeout_secs = 1).await;
+    let client = MilterClient::new(OptNeg::default());
+    let mut conn = client.connect_via(TcpStream::connect(gw.milter).await.unwrap().compat()).await.unwrap();
+    conn.connect(Connect::new(b"slow.example", Family::Inet, Some(40002), b"192.0.2.9")).await.unwrap();
+    // Commands keep being answered until the connection is closed.
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while conn.helo(&b"slow.example"[..]).await.is_ok() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("closed after smtp.session_timeout_secs");
+    let m = http_get(gw.metrics, "/metrics").await.1;
+    assert_eq!(metric_sum(&m, "mailgrip_errors_total", "error_type=\"timeout\",stage=\"milter\""), 1.0, "{m}");
+}
+
 #[test]
 fn config_needs_some_listener() {
     let err = Config::load_with_env(None, [("MAILGRIP__SMTP__LISTEN".to_string(), String::new())]).unwrap_err();
