@@ -35,7 +35,7 @@ use tokio_util::compat::TokioAsyncReadCompatExt;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use super::IngressSettings;
+use super::canonical;
 use crate::config::Config;
 use crate::decide;
 use crate::envelope::Envelope;
@@ -80,10 +80,20 @@ pub enum OnMilterError {
 /// can be as long as its `header_size_limit` (100 KiB by default).
 const MAX_PACKET: usize = 1 << 20;
 
-/// What milter sessions need from the configuration, parsed once.
+/// What milter sessions need from the configuration, parsed once. The SMTP section's client
+/// list and caps apply to milter connections too.
 struct MilterSettings {
     milter: MilterConfig,
-    ingress: IngressSettings,
+    allowed: Vec<ipnet::IpNet>,
+    max_message_size: usize,
+    session_timeout: Duration,
+}
+
+impl MilterSettings {
+    fn is_allowed(&self, ip: std::net::IpAddr) -> bool {
+        let ip = canonical(ip);
+        self.allowed.iter().any(|n| n.contains(&ip))
+    }
 }
 
 /// Accept milter connections until `shutdown`; then let each connection finish the message in
@@ -95,7 +105,12 @@ pub fn serve_milter(
     shutdown: CancellationToken,
     grace: Duration,
 ) -> impl Future<Output = ()> + Send + 'static {
-    let settings = Arc::new(MilterSettings { milter: cfg.milter.clone(), ingress: IngressSettings::new(cfg) });
+    let settings = Arc::new(MilterSettings {
+        milter: cfg.milter.clone(),
+        allowed: cfg.allowed_clients(),
+        max_message_size: cfg.smtp.max_message_size,
+        session_timeout: cfg.smtp.session_timeout(),
+    });
     accept_loop(listener, settings, gateway, shutdown, grace)
 }
 
@@ -125,7 +140,7 @@ async fn accept_loop(
         };
         // The milter protocol has no greeting to refuse with: closing makes the MTA apply its
         // milter_default_action to the message.
-        if !settings.ingress.is_allowed(peer.ip()) {
+        if !settings.is_allowed(peer.ip()) {
             metrics.error("milter", "denied");
             warn!(%peer, "milter connection from a client outside smtp.allowed_clients closed");
             continue;
@@ -165,7 +180,7 @@ async fn connection(
     let (busy_tx, mut busy) = watch::channel(false);
     let metrics = gateway.metrics.clone();
     // The MTA holds one milter connection per SMTP session: the session cap bounds it too.
-    let limit = settings.ingress.smtp.session_timeout();
+    let limit = settings.session_timeout;
     let mut session = MilterSession::new(settings, gateway, busy_tx);
     let mut server = Server::new(&mut session, false, MAX_PACKET);
     let mut stream = stream.compat();
@@ -419,7 +434,7 @@ impl Milter for MilterSession {
     async fn header(&mut self, header: Header) -> Result<Action, Infallible> {
         let (name, value) = (header.name().into_owned(), header.value().into_owned());
         self.msg.size += name.len() + value.len() + 4;
-        if self.msg.size > self.settings.ingress.smtp.max_message_size {
+        if self.msg.size > self.settings.max_message_size {
             self.msg.oversized = true;
         }
         // Names are kept even when oversized: forged fields must still be found and deleted.
@@ -431,7 +446,7 @@ impl Milter for MilterSession {
     async fn body(&mut self, body: Body) -> Result<Action, Infallible> {
         let chunk = body.as_bytes();
         self.msg.size += chunk.len();
-        if self.msg.size > self.settings.ingress.smtp.max_message_size {
+        if self.msg.size > self.settings.max_message_size {
             self.msg.oversized = true;
             self.msg.body = Vec::new();
         }
