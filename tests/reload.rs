@@ -79,9 +79,14 @@ async fn reload_under_load_drops_nothing_and_refuses_a_broken_model() {
     let shutdown = CancellationToken::new();
     let s = shutdown.clone();
     let task = tokio::spawn(async move {
-        mailgrip::run_with_reload(cfg, mailgrip::Listeners { smtp, metrics: Some(metrics) }, s, Some(reload))
-            .await
-            .unwrap();
+        mailgrip::run_with_reload(
+            cfg,
+            mailgrip::Listeners { smtp: Some(smtp), metrics: Some(metrics), ..Default::default() },
+            s,
+            Some(reload),
+        )
+        .await
+        .unwrap();
     });
     wait_metric(metrics_addr, "mailgrip_config_last_reload_successful", "", 1.0).await;
 
