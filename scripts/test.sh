@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Run every test of mailgrip on a fresh Debian machine (as root, as CI does):
-# installs what is missing (Postfix for the end-to-end test, Chromium for the console test, the
-# ONNX Runtime wheel, the training venv), then runs the Rust tests, the real-Postfix end-to-end
-# test, the console's browser test and the training smoke test. Exit status non-zero on any failure.
+# installs what is missing (Postfix for the end-to-end tests, Chromium for the console test,
+# the ONNX Runtime wheel, the training venv), then runs the Rust tests, the real-Postfix tests
+# (content filter, milter, before-queue proxy), the console's browser test and the training
+# smoke test. Exit status non-zero on any failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -28,6 +29,12 @@ cargo test --release --locked
 
 step "Postfix end-to-end (content filter, kill -9 mid-stream)"
 tests/postfix/e2e.sh
+
+step "Postfix milter (smtpd_milters: tags, forged fields deleted, archive copies)"
+tests/postfix/milter.sh
+
+step "Postfix before-queue proxy (smtpd_proxy_filter: live 250 and live 5xx)"
+tests/postfix/proxy.sh
 
 step "archivist console in a real browser (headless Chromium: log in, open, decide, archived)"
 tests/console/.venv/bin/python tests/console/browser_test.py

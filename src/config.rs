@@ -20,6 +20,7 @@ pub use crate::archive::outbox::ArchiveSmtpConfig;
 pub use crate::audit::AuditConfig;
 use crate::classify::LABELS;
 pub use crate::decide::{Action, PolicyConfig, PolicyMode, Strategy};
+pub use crate::ingress::milter::{MilterConfig, OnMilterError};
 pub use crate::mdto::MdtoConfig;
 
 /// The whole configuration.
@@ -38,13 +39,14 @@ pub struct Config {
     pub metrics: MetricsConfig,
     pub admin: AdminConfig,
     pub log: LogConfig,
+    pub milter: MilterConfig,
 }
 
 /// SMTP ingress: where Postfix (or another MTA) hands us mail.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SmtpConfig {
-    /// Address to listen on.
+    /// Address to listen on. Empty: no SMTP listener (milter-only deployments).
     pub listen: String,
     /// Name used in the greeting and EHLO reply.
     pub hostname: String,
@@ -360,7 +362,19 @@ impl Config {
 
     /// Check every value before anything starts.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        parse_addr("smtp.listen", &self.smtp.listen)?;
+        if !self.smtp.listen.is_empty() {
+            parse_addr("smtp.listen", &self.smtp.listen)?;
+        }
+        if !self.milter.listen.is_empty() {
+            parse_addr("milter.listen", &self.milter.listen)?;
+            if self.milter.listen == self.smtp.listen {
+                return Err(invalid("milter.listen", "equals smtp.listen"));
+            }
+        }
+        if self.smtp.listen.is_empty() && self.milter.listen.is_empty() {
+            return Err(invalid("smtp.listen", "empty, and milter.listen too: nothing would receive mail"));
+        }
+        positive("milter.max_connections", self.milter.max_connections as u64)?;
         parse_nets("smtp.allowed_clients", &self.smtp.allowed_clients)?;
         parse_nets("smtp.xforward_clients", &self.smtp.xforward_clients)?;
         if self.smtp.hostname.trim().is_empty() || self.smtp.hostname.contains(char::is_whitespace) {
@@ -452,8 +466,14 @@ impl Config {
         Ok(())
     }
 
-    pub fn smtp_listen(&self) -> SocketAddr {
-        self.smtp.listen.parse().expect("validated")
+    /// The SMTP listener's address; `None` when `smtp.listen` is empty.
+    pub fn smtp_listen(&self) -> Option<SocketAddr> {
+        (!self.smtp.listen.is_empty()).then(|| self.smtp.listen.parse().expect("validated"))
+    }
+
+    /// The milter listener's address; `None` when `milter.listen` is empty.
+    pub fn milter_listen(&self) -> Option<SocketAddr> {
+        (!self.milter.listen.is_empty()).then(|| self.milter.listen.parse().expect("validated"))
     }
 
     pub fn allowed_clients(&self) -> Vec<IpNet> {

@@ -14,7 +14,7 @@
 //!                      └──────────── telemetry: metrics, /readyz, logs ───────────┘
 //! ```
 //!
-//! - [`ingress`]: SMTP listener and sessions (tokio + `smtp-proto`).
+//! - [`ingress`]: SMTP listener and sessions (tokio + `smtp-proto`); the milter listener.
 //! - [`parse`]: message bytes → subject, body text, domains, attachments; the model text layout.
 //! - [`classify`]: bounded queue → inference workers → calibrated probabilities.
 //! - [`decide`]: probabilities → action on the archive copy.
@@ -55,12 +55,15 @@ use config::Config;
 use pipeline::{Gateway, GatewayHandle};
 use telemetry::Metrics;
 
-/// Sockets bound by the caller (the binary, or a test on port 0).
+/// Sockets bound by the caller (the binary, or a test on port 0). Each is optional: a milter-only
+/// deployment has no SMTP listener.
+#[derive(Default)]
 pub struct Listeners {
-    pub smtp: TcpListener,
+    pub smtp: Option<TcpListener>,
     pub metrics: Option<TcpListener>,
     /// The archivist's console (`admin.listen`), when configured.
     pub admin: Option<TcpListener>,
+    pub milter: Option<TcpListener>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -137,13 +140,19 @@ pub async fn run_with_reload(
         tracing::info!(admin = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "console listening");
         tasks.spawn(admin::serve_admin(listener, console, shutdown.clone()));
     }
-    let settings = Arc::new(ingress::IngressSettings::new(&cfg).map_err(|e| StartError::Other(e.to_string()))?);
-    tracing::info!(smtp = %listeners.smtp.local_addr().map(|a| a.to_string()).unwrap_or_default(),
-                   relay = gateway.get().relay.mode(), "accepting mail");
     if let Some(reload) = reload {
         tasks.spawn(reload::serve(cfg.clone(), reload, gateway.clone(), shutdown.clone()));
     }
-    tasks.spawn(ingress::serve_smtp(listeners.smtp, settings, gateway, shutdown.clone(), SHUTDOWN_GRACE));
+    if let Some(listener) = listeners.milter {
+        let serve = ingress::milter::serve_milter(listener, &cfg, gateway.clone(), shutdown.clone(), SHUTDOWN_GRACE);
+        tasks.spawn(serve);
+    }
+    if let Some(listener) = listeners.smtp {
+        let settings = Arc::new(ingress::IngressSettings::new(&cfg).map_err(|e| StartError::Other(e.to_string()))?);
+        tracing::info!(smtp = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+                       relay = gateway.get().relay.mode(), "accepting mail");
+        tasks.spawn(ingress::serve_smtp(listener, settings, gateway, shutdown.clone(), SHUTDOWN_GRACE));
+    }
     while tasks.join_next().await.is_some() {}
     Ok(())
 }

@@ -184,8 +184,16 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 async fn serve(cfg: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
-    let smtp =
-        TcpListener::bind(cfg.smtp_listen()).await.with_context(|| format!("smtp.listen {}", cfg.smtp.listen))?;
+    let smtp = match cfg.smtp_listen() {
+        Some(addr) => Some(TcpListener::bind(addr).await.with_context(|| format!("smtp.listen {}", cfg.smtp.listen))?),
+        None => None,
+    };
+    let milter = match cfg.milter_listen() {
+        Some(addr) => {
+            Some(TcpListener::bind(addr).await.with_context(|| format!("milter.listen {}", cfg.milter.listen))?)
+        }
+        None => None,
+    };
     let metrics = if cfg.metrics.listen.is_empty() {
         None
     } else {
@@ -223,6 +231,7 @@ async fn serve(cfg: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> 
     });
     let load = Box::new(move || Config::load(config_path.as_deref()).map_err(|e| format!("configuration: {e}")));
     let reload = mailgrip::Reload { requests, load };
-    mailgrip::run_with_reload(cfg, mailgrip::Listeners { smtp, metrics, admin }, shutdown, Some(reload)).await?;
+    mailgrip::run_with_reload(cfg, mailgrip::Listeners { smtp, metrics, milter, admin }, shutdown, Some(reload))
+        .await?;
     Ok(())
 }

@@ -7,7 +7,7 @@
 //! `mailgrip_config_last_reload_successful` drops to 0 until a reload succeeds.
 //!
 //! Listeners, TLS certificates of the SMTP listener, the audit trail, the archive outbox
-//! (`[archive.smtp]`) and logging are set up once;
+//! (`[archive.smtp]`), the milter listener, the console and logging are set up once;
 //! changes to those sections take effect on restart, and a reload says which ones it skipped.
 
 use std::sync::Arc;
@@ -21,7 +21,7 @@ use crate::config::Config;
 use crate::pipeline::{Gateway, GatewayHandle};
 
 /// Sections only read at start.
-const RESTART_ONLY: &[&str] = &["smtp", "metrics", "audit", "archive.smtp", "log"];
+const RESTART_ONLY: &[&str] = &["smtp", "metrics", "audit", "archive.smtp", "milter", "admin", "log"];
 
 pub async fn serve(mut running: Config, mut reload: Reload, handle: Arc<GatewayHandle>, shutdown: CancellationToken) {
     let m = handle.metrics.clone();
@@ -91,6 +91,14 @@ fn keep_restart_only(running: &Config, next: &mut Config) -> Vec<&'static str> {
     if next.archive.smtp != running.archive.smtp {
         next.archive.smtp = running.archive.smtp.clone();
         skipped.push("archive.smtp");
+    }
+    if next.milter != running.milter {
+        next.milter = running.milter.clone();
+        skipped.push("milter");
+    }
+    if next.admin != running.admin {
+        next.admin = running.admin.clone();
+        skipped.push("admin");
     }
     if next.log != running.log {
         next.log = running.log.clone();

@@ -22,15 +22,11 @@ pub struct Tags {
 }
 
 impl Tags {
-    fn render(&self) -> String {
-        let mut h = String::with_capacity(256);
-        let mut field = |name: &str, value: &str| {
-            h.push_str(PREFIX);
-            h.push_str(name);
-            h.push_str(": ");
-            h.push_str(&header_safe(value));
-            h.push_str("\r\n");
-        };
+    /// Our header fields in order, as (full name, value made header-safe). Both front ends write
+    /// exactly these: [`tag`] prepends them to the message, the milter asks the MTA to insert them.
+    pub fn fields(&self) -> Vec<(String, String)> {
+        let mut fields = Vec::with_capacity(7);
+        let mut field = |name: &str, value: &str| fields.push((format!("{PREFIX}{name}"), header_safe(value)));
         field("Class", &self.class);
         if let Some(scores) = &self.scores {
             field("Scores", scores);
@@ -41,6 +37,17 @@ impl Tags {
         field("Policy", &self.policy);
         if let Some(reason) = &self.reason {
             field("Reason", reason);
+        }
+        fields
+    }
+
+    fn render(&self) -> String {
+        let mut h = String::with_capacity(256);
+        for (name, value) in self.fields() {
+            h.push_str(&name);
+            h.push_str(": ");
+            h.push_str(&value);
+            h.push_str("\r\n");
         }
         h
     }
@@ -80,7 +87,8 @@ pub fn tag(raw: &[u8], tags: &Tags) -> (Vec<u8>, usize) {
     (out, removed)
 }
 
-fn is_ours(line: &[u8]) -> bool {
+/// Whether a header line (or a bare field name) is one of ours.
+pub fn is_ours(line: &[u8]) -> bool {
     let prefix = PREFIX.as_bytes();
     line.len() >= prefix.len() && line[..prefix.len()].eq_ignore_ascii_case(prefix)
 }

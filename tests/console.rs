@@ -57,7 +57,8 @@ async fn start_console(tweak: impl FnOnce(&mut Config)) -> Console {
     let shutdown = CancellationToken::new();
     let s = shutdown.clone();
     tokio::spawn(async move {
-        let listeners = mailgrip::Listeners { smtp, metrics: Some(metrics), admin: Some(admin) };
+        let listeners =
+            mailgrip::Listeners { smtp: Some(smtp), metrics: Some(metrics), admin: Some(admin), ..Default::default() };
         mailgrip::run(cfg, listeners, s).await.expect("gateway failed");
     });
     let console = Console { smtp: addrs.0, admin: addrs.1, metrics: addrs.2, dir, shutdown };

@@ -37,9 +37,13 @@ impl Daemon {
         let shutdown = CancellationToken::new();
         let s = shutdown.clone();
         let task = tokio::spawn(async move {
-            mailgrip::run(cfg, mailgrip::Listeners { smtp, metrics: Some(metrics), admin: None }, s)
-                .await
-                .expect("gateway failed");
+            mailgrip::run(
+                cfg,
+                mailgrip::Listeners { smtp: Some(smtp), metrics: Some(metrics), ..Default::default() },
+                s,
+            )
+            .await
+            .expect("gateway failed");
         });
         for _ in 0..400 {
             if let Ok(mut c) = Client::connect(smtp_addr).await {

@@ -81,7 +81,7 @@ async fn reload_under_load_drops_nothing_and_refuses_a_broken_model() {
     let task = tokio::spawn(async move {
         mailgrip::run_with_reload(
             cfg,
-            mailgrip::Listeners { smtp, metrics: Some(metrics), admin: None },
+            mailgrip::Listeners { smtp: Some(smtp), metrics: Some(metrics), ..Default::default() },
             s,
             Some(reload),
         )

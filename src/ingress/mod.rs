@@ -4,8 +4,11 @@
 //! how many sessions run at once (`smtp.max_connections`, `421 4.3.2` over it). Each accepted
 //! connection becomes a [`session::Session`] holding its semaphore permit. mailgrip only ever
 //! relays to its one configured next hop, so it cannot be used as an open relay.
+//!
+//! [`milter`] is the other way in: the MTA keeps the message and asks us only for headers.
 
 pub mod data;
+pub mod milter;
 pub mod reply;
 pub mod session;
 pub mod tls;

@@ -15,7 +15,8 @@ pub use http::{Health, Refresh, serve_http};
 /// All of mailgrip's metrics, registered in one registry.
 pub struct Metrics {
     pub registry: Registry,
-    /// Messages by class and by outcome (`relayed`, `tempfailed`, `rejected`).
+    /// Messages by class and by outcome (`relayed`, `tempfailed`, `rejected`; milter: `accepted`,
+    /// tagged and handed back to the MTA).
     pub messages: IntCounterVec,
     /// From queueing a text for the classifier to its answer.
     pub classification_seconds: Histogram,
@@ -31,7 +32,7 @@ pub struct Metrics {
     pub batch_size: Histogram,
     pub sessions_in_flight: IntGauge,
     pub classifier_queue: IntGauge,
-    /// Errors by stage (`ingress`, `parse`, `classify`, `relay`, `archive`) and type.
+    /// Errors by stage (`ingress`, `milter`, `parse`, `classify`, `relay`, `archive`) and type.
     pub errors: IntCounterVec,
     /// SMTP connections by result (`accepted`, `denied`, `over_capacity`).
     pub connections: IntCounterVec,

@@ -227,7 +227,7 @@ pub async fn start(next_hop: Option<SocketAddr>, tweak: impl FnOnce(&mut Config)
     let shutdown = CancellationToken::new();
     let s = shutdown.clone();
     let task = tokio::spawn(async move {
-        mailgrip::run(cfg, mailgrip::Listeners { smtp, metrics: Some(metrics), admin: None }, s)
+        mailgrip::run(cfg, mailgrip::Listeners { smtp: Some(smtp), metrics: Some(metrics), ..Default::default() }, s)
             .await
             .expect("gateway failed");
     });
