@@ -14,7 +14,7 @@ pub use http::{Health, Refresh, serve_http};
 /// All of mailgrip's metrics, registered in one registry.
 pub struct Metrics {
     pub registry: Registry,
-    /// Messages by class and by outcome (`relayed`, `tempfailed`, `rejected`).
+    /// Messages by class and by outcome (`relayed`, `journaled`, `tempfailed`, `rejected`).
     pub messages: IntCounterVec,
     /// From queueing a text for the classifier to its answer.
     pub classification_seconds: Histogram,
@@ -44,6 +44,8 @@ pub struct Metrics {
     /// Reviewer decisions by (predicted, corrected) class: the drift signal for retraining.
     pub review_overrides: IntGaugeVec,
     pub model_info: IntGaugeVec,
+    /// Exchange journal reports by result (`unwrapped`, `malformed`, `untrusted`).
+    pub journal_reports: IntCounterVec,
 }
 
 const LATENCY_BUCKETS: &[f64] =
@@ -124,6 +126,11 @@ impl Metrics {
             ),
             review_overrides,
             model_info,
+            journal_reports: counter(
+                "mailgrip_journal_reports_total",
+                "Exchange journal reports by result: unwrapped, malformed (451), untrusted (relayed as ordinary mail).",
+                &["result"],
+            ),
             registry,
         }
     }
