@@ -495,6 +495,31 @@ mod tests {
         assert_eq!(err(&two), JournalError::SeveralOriginals(2));
     }
 
+    fn fixture(name: &str) -> Vec<u8> {
+        std::fs::read(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/journal").join(name))
+            .unwrap()
+    }
+
+    #[test]
+    fn fixtures_built_to_the_documented_format_unwrap() {
+        let advies = fixture("original-advies.eml");
+        for name in ["plain.eml", "bcc-expanded.eml", "base64.eml"] {
+            let raw = fixture(name);
+            assert!(is_report(&raw), "{name}");
+            let r = unwrap(&raw).unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(r.original, advies, "{name}");
+            assert_eq!(r.sender, "j.devries@minbzk.nl");
+        }
+        let r = unwrap(&fixture("bcc-expanded.eml")).unwrap();
+        assert!(r.recipients.iter().any(|x| x.kind == RecipientKind::Bcc && x.address == "s.dekker@minbzk.nl"));
+        assert_eq!(r.recipients.iter().filter(|x| x.expanded.as_deref() == Some("team-woo@minbzk.nl")).count(), 2);
+        let r = unwrap(&fixture("exchange-online.eml")).unwrap();
+        assert_eq!(r.original, fixture("original-8bit.eml"));
+        assert_eq!(r.recipients[0].kind, RecipientKind::Recipient);
+        assert_eq!(unwrap(&fixture("malformed-no-sender.eml")).unwrap_err(), JournalError::NoSender);
+        assert!(!is_report(&advies));
+    }
+
     #[test]
     fn garbage_does_not_panic() {
         for raw in [
