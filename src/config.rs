@@ -426,8 +426,9 @@ impl Config {
         for (key, list) in
             [("journal.senders", &self.journal.senders), ("journal.recipients", &self.journal.recipients)]
         {
+            let null_sender = |a: &str| key == "journal.senders" && a.trim() == "<>";
             let address = |a: &str| a.contains('@') && !a.trim().contains(char::is_whitespace);
-            if let Some(bad) = list.iter().find(|a| !address(a) && !(key == "journal.senders" && a.trim() == "<>")) {
+            if let Some(bad) = list.iter().find(|a| !(address(a) || null_sender(a))) {
                 return Err(invalid(key, format!("{bad:?} is not an e-mail address")));
             }
         }
