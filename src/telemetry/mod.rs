@@ -41,11 +41,11 @@ pub struct Metrics {
     /// Copies waiting in the review queue, and the age of the oldest (refreshed at scrape).
     pub review_queue_depth: IntGauge,
     pub review_oldest_seconds: IntGauge,
+    /// Exchange journal reports by result (`unwrapped`, `malformed`, `untrusted`).
+    pub journal_reports: IntCounterVec,
     /// Reviewer decisions by (predicted, corrected) class: the drift signal for retraining.
     pub review_overrides: IntGaugeVec,
     pub model_info: IntGaugeVec,
-    /// Exchange journal reports by result (`unwrapped`, `malformed`, `untrusted`).
-    pub journal_reports: IntCounterVec,
 }
 
 const LATENCY_BUCKETS: &[f64] =
@@ -124,13 +124,13 @@ impl Metrics {
                 "mailgrip_review_oldest_seconds",
                 "Age of the oldest copy waiting for review.",
             ),
-            review_overrides,
-            model_info,
             journal_reports: counter(
                 "mailgrip_journal_reports_total",
                 "Exchange journal reports by result: unwrapped, malformed (451), untrusted (relayed as ordinary mail).",
                 &["result"],
             ),
+            review_overrides,
+            model_info,
             registry,
         }
     }
