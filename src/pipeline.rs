@@ -42,10 +42,11 @@ pub struct Gateway {
     review_store: Archive,
     pub metrics: Arc<Metrics>,
     pub on_classify_error: OnClassifyError,
+    /// Exchange journal mode (`[journal]`): see [`Gateway::process_journal`].
+    pub journal: JournalConfig,
     /// Every decision is recorded here before the client gets an answer.
     pub audit: AuditLog,
     pub mdto: MdtoConfig,
-    pub journal: JournalConfig,
 }
 
 impl Gateway {
