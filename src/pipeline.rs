@@ -35,6 +35,8 @@ pub struct Gateway {
     pub classifier: Classifier,
     pub policy: Policy,
     pub relay: Relay,
+    /// Exchange journal mode (`[journal]`): see [`Gateway::process_journal`].
+    pub journal: JournalConfig,
     /// The general archive, the restricted archive and the review queue's store.
     pub archive: Archive,
     pub restricted: Archive,
@@ -42,8 +44,6 @@ pub struct Gateway {
     review_store: Archive,
     pub metrics: Arc<Metrics>,
     pub on_classify_error: OnClassifyError,
-    /// Exchange journal mode (`[journal]`): see [`Gateway::process_journal`].
-    pub journal: JournalConfig,
     /// Every decision is recorded here before the client gets an answer.
     pub audit: AuditLog,
     pub mdto: MdtoConfig,
