@@ -1,6 +1,6 @@
 //! The SMTP envelope of one message, as received, and what a trusted peer told us about it.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::parse::journal::JournalRecipient;
 
@@ -20,14 +20,15 @@ pub struct Envelope {
     pub xforward: Vec<(String, String)>,
     /// Set when this envelope was taken from an Exchange journal report rather than from SMTP:
     /// then `mail_from` and `rcpt_to` are the report's sender and recipients (BCC included).
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub journal: Option<JournalEnvelope>,
 }
 
 /// What an Exchange journal report told us beyond sender and recipient addresses, and how the
 /// report itself arrived. Recorded in the archive sidecar, so that an archivist can see who was
 /// addressed how (To, Cc, Bcc, expanded from a group) on the journaled message.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct JournalEnvelope {
     /// Every recipient line of the report, in order, with its type and any Expanded/Forwarded source.
     pub recipients: Vec<JournalRecipient>,

@@ -35,13 +35,13 @@
 //! the report (7bit, 8bit, binary), or decoded when the part is base64 or quoted-printable
 //! encoded, never re-serialised.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// The header that marks a journal report.
 pub const REPORT_HEADER: &str = "X-MS-Journal-Report";
 
 /// How a recipient was addressed on the original message, per the report.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum RecipientKind {
     To,
@@ -53,16 +53,16 @@ pub enum RecipientKind {
 }
 
 /// One recipient line of a journal report.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JournalRecipient {
     #[serde(rename = "type")]
     pub kind: RecipientKind,
     pub address: String,
     /// The distribution group this recipient was expanded from.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expanded: Option<String>,
     /// The address that was forwarded (redirected) to this recipient.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub forwarded: Option<String>,
 }
 
