@@ -1,6 +1,6 @@
 //! The SMTP envelope of one message, as received, and what a trusted peer told us about it.
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::parse::journal::JournalRecipient;
 
@@ -27,7 +27,7 @@ pub struct Envelope {
 /// What an Exchange journal report told us beyond sender and recipient addresses, and how the
 /// report itself arrived. Recorded in the archive sidecar, so that an archivist can see who was
 /// addressed how (To, Cc, Bcc, expanded from a group) on the journaled message.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
 #[serde(default)]
 pub struct JournalEnvelope {
     /// Every recipient line of the report, in order, with its type and any Expanded/Forwarded source.
