@@ -36,6 +36,7 @@ pub struct Config {
     pub mdto: MdtoConfig,
     pub model: ModelConfig,
     pub classify: ClassifyConfig,
+    pub journal: JournalConfig,
     pub metrics: MetricsConfig,
     pub admin: AdminConfig,
     pub log: LogConfig,
@@ -270,6 +271,40 @@ impl Default for ClassifyConfig {
     }
 }
 
+/// Exchange journal mode: mailgrip as the target of an Exchange journal rule.
+///
+/// A journal report that passes both checks below is unwrapped: the original message is
+/// classified and archived with the report's envelope (BCC included), and nothing is relayed.
+/// Every other message, including a report that fails a check (one on its way to another
+/// archive through this smart host, say), flows through the normal relay path, so one instance
+/// can be both Exchange's smart host and its journaling target.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct JournalConfig {
+    /// Recognise Exchange envelope journal reports (`X-MS-Journal-Report`) at all.
+    pub enabled: bool,
+    /// Envelope senders (MAIL FROM) trusted to send journal reports, e.g. the Microsoft Exchange
+    /// recipient of your organisation; `<>` stands for the null sender. Empty: any sender from a
+    /// client allowed by `smtp.allowed_clients`.
+    pub senders: Vec<String>,
+    /// mailgrip's journaling addresses: a report is unwrapped only when every RCPT TO is one of
+    /// them. Empty: any recipient.
+    pub recipients: Vec<String>,
+}
+
+impl JournalConfig {
+    /// Whether a journal report in a transaction from `mail_from` to `rcpt_to` is ours to unwrap.
+    pub fn trusts(&self, mail_from: &str, rcpt_to: &[String]) -> bool {
+        let listed = |list: &[String], addr: &str| {
+            list.iter()
+                .any(|a| a.trim().trim_start_matches('<').trim_end_matches('>').eq_ignore_ascii_case(addr.trim()))
+        };
+        (self.senders.is_empty() || listed(&self.senders, mail_from))
+            && !rcpt_to.is_empty()
+            && (self.recipients.is_empty() || rcpt_to.iter().all(|r| listed(&self.recipients, r)))
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MetricsConfig {
@@ -327,6 +362,8 @@ const LIST_KEYS: &[&str] = &[
     "archive.classes",
     "archive.smtp.rcpt_to",
     "archive.smtp.actions",
+    "journal.senders",
+    "journal.recipients",
 ];
 
 impl Config {
@@ -456,6 +493,15 @@ impl Config {
         if self.model.batch_window_us > 100_000 {
             return Err(invalid("model.batch_window_us", "over 100000 (100 ms) would delay every message"));
         }
+        for (key, list) in
+            [("journal.senders", &self.journal.senders), ("journal.recipients", &self.journal.recipients)]
+        {
+            let null_sender = |a: &str| key == "journal.senders" && a.trim() == "<>";
+            let address = |a: &str| a.contains('@') && !a.trim().contains(char::is_whitespace);
+            if let Some(bad) = list.iter().find(|a| !(address(a) || null_sender(a))) {
+                return Err(invalid(key, format!("{bad:?} is not an e-mail address")));
+            }
+        }
         if !self.metrics.listen.is_empty() {
             parse_addr("metrics.listen", &self.metrics.listen)?;
         }
@@ -549,6 +595,29 @@ mod tests {
     }
 
     #[test]
+    fn journal_trust_needs_listed_sender_and_only_journaling_recipients() {
+        let cfg = Config::load_with_env(
+            None,
+            env(&[
+                ("MAILGRIP__JOURNAL__ENABLED", "true"),
+                ("MAILGRIP__JOURNAL__SENDERS", "MicrosoftExchange@minbzk.nl"),
+                ("MAILGRIP__JOURNAL__RECIPIENTS", "journal@mailgrip.minbzk.nl,journal2@mailgrip.minbzk.nl"),
+            ]),
+        )
+        .unwrap();
+        let j = &cfg.journal;
+        let rcpt = |r: &[&str]| r.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert!(j.trusts("microsoftexchange@minbzk.nl", &rcpt(&["journal@mailgrip.minbzk.nl"])));
+        assert!(!j.trusts("mallory@minbzk.nl", &rcpt(&["journal@mailgrip.minbzk.nl"])));
+        assert!(!j.trusts("MicrosoftExchange@minbzk.nl", &rcpt(&["journal@mailgrip.minbzk.nl", "archief@elders.nl"])));
+        assert!(!j.trusts("MicrosoftExchange@minbzk.nl", &[]));
+        assert!(JournalConfig::default().trusts("", &rcpt(&["x@y.nl"])));
+        let null = JournalConfig { enabled: true, senders: vec!["<>".into()], recipients: vec![] };
+        assert!(null.trusts("", &rcpt(&["x@y.nl"])));
+        assert!(!null.trusts("a@b.nl", &rcpt(&["x@y.nl"])));
+    }
+
+    #[test]
     fn errors_name_the_key() {
         let err = Config::load_with_env(None, env(&[("MAILGRIP__SMTP__LISTEN", "nonsense")])).unwrap_err();
         assert!(err.to_string().starts_with("smtp.listen:"), "{err}");
@@ -558,5 +627,7 @@ mod tests {
         assert!(err.to_string().contains("bogus"), "{err}");
         let err = Config::load_with_env(None, env(&[("MAILGRIP__SMTP__ALLOWED_CLIENTS", "10.0.0.0/33")])).unwrap_err();
         assert!(err.to_string().starts_with("smtp.allowed_clients:"), "{err}");
+        let err = Config::load_with_env(None, env(&[("MAILGRIP__JOURNAL__SENDERS", "exchange")])).unwrap_err();
+        assert!(err.to_string().starts_with("journal.senders:"), "{err}");
     }
 }

@@ -522,6 +522,7 @@ impl Outbox {
             body_8bitmime: found.state.body_8bitmime,
             smtputf8: found.state.smtputf8,
             xforward: Vec::new(),
+            journal: None,
         };
         let send = self.relay.send(&env, &message);
         tokio::pin!(send);

@@ -293,6 +293,7 @@ impl Session {
                     body_8bitmime: from.flags & MAIL_BODY_8BITMIME != 0,
                     smtputf8: from.flags & MAIL_SMTPUTF8 != 0,
                     xforward: std::mem::take(&mut self.xforward),
+                    ..Default::default()
                 });
                 self.reply(SmtpReply::new(250, "2.1.0 Ok"));
             }

@@ -6,6 +6,7 @@
 //! [`Extracted`]; only a message mail-parser cannot read at all is marked with `parse_error` and
 //! is relayed as `unclassified`.
 
+pub mod journal;
 mod text;
 
 use mail_parser::{MessageParser, MimeHeaders};

@@ -15,8 +15,8 @@ pub use http::{Health, Refresh, serve_http};
 /// All of mailgrip's metrics, registered in one registry.
 pub struct Metrics {
     pub registry: Registry,
-    /// Messages by class and by outcome (`relayed`, `tempfailed`, `rejected`; milter: `accepted`,
-    /// tagged and handed back to the MTA).
+    /// Messages by class and by outcome (`relayed`, `journaled`, `tempfailed`, `rejected`; milter:
+    /// `accepted`, tagged and handed back to the MTA).
     pub messages: IntCounterVec,
     /// From queueing a text for the classifier to its answer.
     pub classification_seconds: Histogram,
@@ -45,6 +45,8 @@ pub struct Metrics {
     /// Copies waiting in the review queue, and the age of the oldest (refreshed at scrape).
     pub review_queue_depth: IntGauge,
     pub review_oldest_seconds: IntGauge,
+    /// Exchange journal reports by result (`unwrapped`, `malformed`, `untrusted`).
+    pub journal_reports: IntCounterVec,
     /// Reviewer decisions by (predicted, corrected) class: the drift signal for retraining.
     pub review_overrides: IntGaugeVec,
     pub model_info: IntGaugeVec,
@@ -152,6 +154,11 @@ impl Metrics {
             review_oldest_seconds: gauge(
                 "mailgrip_review_oldest_seconds",
                 "Age of the oldest copy waiting for review.",
+            ),
+            journal_reports: counter(
+                "mailgrip_journal_reports_total",
+                "Exchange journal reports by result: unwrapped, malformed (451), untrusted (relayed as ordinary mail).",
+                &["result"],
             ),
             review_overrides,
             model_info,
