@@ -14,17 +14,21 @@
 //!                      └──────────── telemetry: metrics, /readyz, logs ───────────┘
 //! ```
 //!
-//! - [`ingress`]: SMTP listener and sessions (tokio + `smtp-proto`); the milter listener.
-//! - [`parse`]: message bytes → subject, body text, domains, attachments; the model text layout.
-//! - [`classify`]: bounded queue → inference workers → calibrated probabilities.
+//! - [`ingress`]: SMTP listener and sessions (tokio + `smtp-proto`, STARTTLS with rustls); the
+//!   milter listener.
+//! - [`parse`]: message bytes → subject, body text, domains, attachments; the model text layout;
+//!   Exchange journal reports unwrapped.
+//! - [`classify`]: bounded queue → inference workers → calibrated probabilities (ONNX,
+//!   baseline, or a cascade of both).
 //! - [`decide`]: probabilities → action on the archive copy.
 //! - [`tag`]: prepend `X-Mailgrip-*`, strip forged ones.
 //! - [`relay`]: next hop by SMTP (pooled) or into a folder.
-//! - [`archive`]: durable `.eml` + JSON sidecar by date.
+//! - [`archive`]: durable `.eml` + JSON sidecar + MDTO by date; the SMTP archive sink's outbox.
+//! - [`audit`]: the hash-chained decision trail.
 //! - [`pipeline`]: the steps above, in order, for one message.
 //! - [`telemetry`]: Prometheus metrics, health endpoints.
 //! - [`review`], [`admin`]: the review queue and the archivist's web console.
-//! - [`config`]: layered, validated configuration.
+//! - [`config`]: layered, validated configuration; [`reload`]: SIGHUP swaps it with the model.
 
 pub mod admin;
 pub mod archive;

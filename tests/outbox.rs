@@ -102,9 +102,12 @@ fn sink_to(c: &mut Config, dir: &Path, archiver: SocketAddr) {
     s.retry_max_secs = 1;
 }
 
-/// A free port nobody listens on (yet): the archiver that is down.
-fn reserve_port() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+/// An archiver that is down: it greets with 421 and hangs up until its mode changes. (A port
+/// reserved and bound later could be taken meanwhile by any outgoing connection.)
+async fn archiver_down() -> Sink {
+    let archiver = Sink::start().await;
+    archiver.set_mode(SinkMode::Down);
+    archiver
 }
 
 /// Entry folders waiting in the outbox.
@@ -155,7 +158,8 @@ fn assert_journal_copy(got: &Received, archived: &[u8], rcpts: &[&str]) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn archiver_down_copy_waits_in_the_outbox_then_arrives() {
     let next = Sink::start().await;
-    let archiver_addr = reserve_port();
+    let archiver = archiver_down().await;
+    let archiver_addr = archiver.addr;
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     let gw = Daemon::start(dir, next.addr, |c| {
@@ -183,12 +187,12 @@ async fn archiver_down_copy_waits_in_the_outbox_then_arrives() {
     until("a failed attempt recorded in state.json", || state(&waiting[0])["attempts"].as_u64().unwrap_or(0) >= 1)
         .await;
     let m = gw.metrics_text().await;
-    assert!(metric_sum(&m, "mailgrip_archive_outbox_failures_total", "kind=\"unreachable\"") >= 1.0, "{m}");
+    assert!(metric_sum(&m, "mailgrip_archive_outbox_failures_total", "kind=\"deferred\"") >= 1.0, "{m}");
     assert_eq!(metric_sum(&m, "mailgrip_archive_outbox_depth", ""), 1.0);
     assert_eq!(metric_sum(&m, "mailgrip_archive_outbox_sent_total", ""), 0.0);
 
     // The archiver comes up: the copy arrives, and the entry is gone.
-    let archiver = Sink::start_at(archiver_addr).await;
+    archiver.set_mode(SinkMode::Accept);
     until("the copy at the archiver", || !archiver.messages().is_empty()).await;
     until("an empty outbox", || entries(dir).is_empty()).await;
     let got = archiver.messages();
@@ -212,7 +216,8 @@ fn metric_now(metrics: SocketAddr, name: &str) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pending_copy_survives_a_restart_and_is_delivered_once() {
     let next = Sink::start().await;
-    let archiver_addr = reserve_port();
+    let archiver = archiver_down().await;
+    let archiver_addr = archiver.addr;
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     let tweak = |c: &mut Config| {
@@ -229,7 +234,7 @@ async fn pending_copy_survives_a_restart_and_is_delivered_once() {
     assert_eq!(entries(dir), waiting, "the entry outlives the daemon");
 
     // The archiver is back, and a new daemon starts on the same folders.
-    let archiver = Sink::start_at(archiver_addr).await;
+    archiver.set_mode(SinkMode::Accept);
     let second = Daemon::start(dir, next.addr, tweak).await;
     until("the copy at the archiver", || !archiver.messages().is_empty()).await;
     until("an empty outbox", || entries(dir).is_empty()).await;
@@ -317,7 +322,8 @@ async fn only_the_configured_actions_are_sent() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reviewer_archiving_a_held_copy_puts_it_in_the_outbox() {
     let next = Sink::start().await;
-    let archiver_addr = reserve_port();
+    let archiver = archiver_down().await;
+    let archiver_addr = archiver.addr;
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     let gw = Daemon::start(dir, next.addr, |c| {

@@ -36,6 +36,8 @@ pub struct Received {
 #[derive(Debug, Clone, Copy)]
 pub enum SinkMode {
     Accept,
+    /// Greet with `421` and hang up: a next hop that is down.
+    Down,
     /// Answer end-of-data with this code.
     DataReply(u16),
     /// Answer every RCPT with this code.
@@ -103,6 +105,10 @@ async fn sink_session(
 ) {
     let (r, mut w) = stream.into_split();
     let mut r = BufReader::new(r);
+    if matches!(*mode.lock().unwrap(), SinkMode::Down) {
+        let _ = w.write_all(b"421 4.3.2 sink down\r\n").await;
+        return;
+    }
     let _ = w.write_all(b"220 sink ESMTP\r\n").await;
     let mut from = String::new();
     let mut rcpts = Vec::new();
