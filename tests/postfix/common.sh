@@ -1,7 +1,7 @@
 # Shared plumbing for the real-Postfix tests milter.sh and proxy.sh (sourced, not run):
 # result counting, a throw-away Postfix instance under a temp dir, smtp-sink as next hop,
-# waiting, and starting mailgrip. The caller sets REPO, HOST, KEEP_TMP and the ports first.
-# (e2e.sh predates this file and keeps its own copy.)
+# waiting, and starting mailgrip. The caller sets REPO, HOST, KEEP_TMP and the ports first;
+# e2e.sh sources it too and overrides cleanup, start_mailgrip and scan_sink with its own.
 
 passed=0
 failed=0

@@ -35,31 +35,10 @@ SINK_PORT=${SINK_PORT:-2626}
 METRICS_PORT=${METRICS_PORT:-9925}
 HOST=127.0.0.1
 
-passed=0
-failed=0
-ok()   { passed=$((passed + 1)); echo "ok     $*"; }
-fail() { failed=$((failed + 1)); echo "FAIL   $*"; }
-# check "description" command...: passes when the command succeeds; returns its verdict.
-check() { local what=$1; shift; if "$@"; then ok "$what"; else fail "$what"; return 1; fi; }
-info() { echo "       $*"; }
+# Result counting, process and wait helpers shared with milter.sh and proxy.sh.
+. "$REPO/tests/postfix/common.sh"
 # finish: the last line of output is always "N passed, M failed".
-FINISHED=0
-finish() {
-    FINISHED=1
-    if [ -n "${TMP:-}" ] && { [ "$failed" -ne 0 ] || [ "$KEEP_TMP" = 1 ]; }; then
-        info "kept $TMP (maillog: $PF/log/maillog, mailgrip log: $TMP/mailgrip.log)"
-    fi
-    echo "$passed passed, $failed failed"
-    [ "$failed" -eq 0 ]
-    exit $?
-}
-# die: count a failure and stop (the EXIT trap cleans up). stop_here: stop after a
-# failed check that was already counted.
-die() { fail "$*"; finish; }
-stop_here() { info "stopping: $*"; finish; }
 
-now() { date +%s.%N; }
-elapsed() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }'; }
 
 # ---------------------------------------------------------------- preflight
 [ "$(id -u)" -eq 0 ] || die "must run as root (Postfix's master runs as root); try sudo"
@@ -83,16 +62,6 @@ mkdir -p "$PF/etc" "$PF/spool" "$PF/data" "$PF/log" "$SINK" "$TMP/archive"
 chown postfix "$PF/data" "$SINK"    # config and queue dirs stay root's (Postfix insists)
 
 SINK_PID= MG_PID= SRC_PID= PF_STARTED=0
-# stop_pid PID: SIGTERM, up to 10 s to exit (mailgrip drains its sessions), then SIGKILL.
-stop_pid() {
-    kill "$1" 2>/dev/null || return 0
-    for _ in $(seq 100); do
-        kill -0 "$1" 2>/dev/null || break
-        sleep 0.1
-    done
-    kill -9 "$1" 2>/dev/null
-    wait "$1" 2>/dev/null
-}
 cleanup() {
     local rc=$?
     for pid in $SRC_PID $MG_PID $SINK_PID; do
@@ -210,19 +179,6 @@ rc=$?
 PF_STARTED=1
 [ "$rc" -eq 0 ] || { info "$(echo "$out" | tr -d '\r')"; die "postfix start"; }
 
-# wait_for SECONDS description command...: polls every 0.1 s.
-wait_for() {
-    local limit=$1 what=$2 t0
-    shift 2
-    t0=$(date +%s)
-    until "$@"; do
-        if [ $(($(date +%s) - t0)) -ge "$limit" ]; then
-            info "timed out after ${limit}s waiting for $what"
-            return 1
-        fi
-        sleep 0.1
-    done
-}
 banner_220() (  # subshell: a failed exec redirection must not end the test
     exec 3<>"/dev/tcp/$HOST/$1" || exit 1
     read -r -t 5 line <&3 || exit 1
@@ -272,12 +228,6 @@ if command -v curl >/dev/null; then
 fi
 
 # ---------------------------------------------------------------- helpers on results
-mg_alive() { [ -n "$MG_PID" ] && kill -0 "$MG_PID" 2>/dev/null; }
-sink_count() { find "$SINK" -type f | wc -l; }
-queue_count() {
-    find "$PF/spool/maildrop" "$PF/spool/incoming" "$PF/spool/active" \
-        "$PF/spool/deferred" "$PF/spool/hold" -type f 2>/dev/null | wc -l
-}
 # One line per delivered file: "<key> <n Class> <n Scores> <n Model> <n Id> <n Action>"
 # where key is the envelope recipient smtp-sink recorded (smtp-source -N numbers them:
 # 17burst2 for <17burst2@corp.example>), "-" for mail that is not ours (a bounce, for instance).
@@ -311,7 +261,6 @@ dupes_of() {
     awk -v b="burst$1" '$1 ~ ("^[0-9]+" b "$") { c[$1]++ }
         END { for (k in c) if (c[k] > 1) d += c[k] - 1; print d + 0 }' "$TMP/delivered.txt"
 }
-maillog_count() { grep -c -- "$1" "$PF/log/maillog" 2>/dev/null || true; }
 
 send_burst() {  # send_burst B: N messages, 10 parallel sessions, recipients <i>burstB@corp.example
     timeout "$TIMEOUT" smtp-source -N -s 10 -m "$N" -l 2048 -S "mailgrip e2e burst $1" \
