@@ -20,9 +20,6 @@ use crate::classify::Classifier;
 use crate::config::Config;
 use crate::pipeline::{Gateway, GatewayHandle};
 
-/// Sections only read at start.
-const RESTART_ONLY: &[&str] = &["smtp", "metrics", "audit", "archive.smtp", "milter", "admin", "log"];
-
 pub async fn serve(mut running: Config, mut reload: Reload, handle: Arc<GatewayHandle>, shutdown: CancellationToken) {
     let m = handle.metrics.clone();
     loop {
@@ -76,34 +73,39 @@ async fn apply(running: &Config, reload: &Reload, handle: &GatewayHandle) -> Res
 /// differed.
 fn keep_restart_only(running: &Config, next: &mut Config) -> Vec<&'static str> {
     let mut skipped = Vec::new();
-    if next.smtp != running.smtp {
-        next.smtp = running.smtp.clone();
-        skipped.push("smtp");
+    macro_rules! keep {
+        ($($section:ident).+) => {
+            if next.$($section).+ != running.$($section).+ {
+                next.$($section).+ = running.$($section).+.clone();
+                skipped.push(stringify!($($section).+));
+            }
+        };
     }
-    if next.metrics != running.metrics {
-        next.metrics = running.metrics.clone();
-        skipped.push("metrics");
-    }
-    if next.audit != running.audit {
-        next.audit = running.audit.clone();
-        skipped.push("audit");
-    }
-    if next.archive.smtp != running.archive.smtp {
-        next.archive.smtp = running.archive.smtp.clone();
-        skipped.push("archive.smtp");
-    }
-    if next.milter != running.milter {
-        next.milter = running.milter.clone();
-        skipped.push("milter");
-    }
-    if next.admin != running.admin {
-        next.admin = running.admin.clone();
-        skipped.push("admin");
-    }
-    if next.log != running.log {
-        next.log = running.log.clone();
-        skipped.push("log");
-    }
-    debug_assert!(skipped.iter().all(|s| RESTART_ONLY.contains(s)));
+    keep!(smtp);
+    keep!(metrics);
+    keep!(audit);
+    keep!(archive.smtp);
+    keep!(milter);
+    keep!(admin);
+    keep!(log);
     skipped
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn restart_only_sections_are_kept_and_named() {
+        let running = Config::default();
+        let mut next = Config::default();
+        next.smtp.max_recipients = 7;
+        next.archive.smtp.retry_max_secs = 9;
+        next.policy.mode = crate::decide::PolicyMode::Shadow;
+        let skipped = keep_restart_only(&running, &mut next);
+        assert_eq!(skipped, vec!["smtp", "archive.smtp"]);
+        assert_eq!(next.smtp, running.smtp);
+        assert_eq!(next.archive.smtp, running.archive.smtp);
+        assert_eq!(next.policy.mode, crate::decide::PolicyMode::Shadow, "reloadable sections change");
+    }
 }
