@@ -10,7 +10,6 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use common::*;
@@ -30,29 +29,8 @@ impl Daemon {
     async fn start(dir: &Path, next_hop: SocketAddr, tweak: impl FnOnce(&mut Config)) -> Daemon {
         let mut cfg = test_config(dir, Some(next_hop));
         tweak(&mut cfg);
-        cfg.validate().expect("test config must validate");
-        let smtp = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let metrics = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let (smtp_addr, metrics_addr) = (smtp.local_addr().unwrap(), metrics.local_addr().unwrap());
-        let shutdown = CancellationToken::new();
-        let s = shutdown.clone();
-        let task = tokio::spawn(async move {
-            mailgrip::run(
-                cfg,
-                mailgrip::Listeners { smtp: Some(smtp), metrics: Some(metrics), ..Default::default() },
-                s,
-            )
-            .await
-            .expect("gateway failed");
-        });
-        for _ in 0..400 {
-            if let Ok(mut c) = Client::connect(smtp_addr).await {
-                let _ = c.cmd("QUIT").await;
-                return Daemon { smtp: smtp_addr, metrics: metrics_addr, shutdown, task };
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-        panic!("gateway did not come up");
+        let common::Running { smtp, metrics, shutdown, task } = common::serve(cfg, None).await;
+        Daemon { smtp, metrics, shutdown, task }
     }
 
     /// Stop and wait until every task (the outbox sender included) has ended.

@@ -10,8 +10,6 @@ use std::time::Duration;
 
 use common::{Client, Sink, metric_sum, split_tags};
 use mailgrip::config::Config;
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 
 /// A copy of the tiny test model with its own version.
 fn model_copy(dir: &Path, name: &str, version: &str) -> PathBuf {
@@ -73,21 +71,8 @@ async fn reload_under_load_drops_nothing_and_refuses_a_broken_model() {
             Ok(c)
         }),
     };
-    let smtp = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let metrics = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let (smtp_addr, metrics_addr) = (smtp.local_addr().unwrap(), metrics.local_addr().unwrap());
-    let shutdown = CancellationToken::new();
-    let s = shutdown.clone();
-    let task = tokio::spawn(async move {
-        mailgrip::run_with_reload(
-            cfg,
-            mailgrip::Listeners { smtp: Some(smtp), metrics: Some(metrics), ..Default::default() },
-            s,
-            Some(reload),
-        )
-        .await
-        .unwrap();
-    });
+    let common::Running { smtp: smtp_addr, metrics: metrics_addr, shutdown, task } =
+        common::serve(cfg, Some(reload)).await;
     wait_metric(metrics_addr, "mailgrip_config_last_reload_successful", "", 1.0).await;
 
     // 4 connections x 60 messages, flowing while the reloads happen.

@@ -226,6 +226,21 @@ pub async fn start(next_hop: Option<SocketAddr>, tweak: impl FnOnce(&mut Config)
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = test_config(dir.path(), next_hop);
     tweak(&mut cfg);
+    let Running { smtp, metrics, shutdown, task } = serve(cfg, None).await;
+    Gateway { smtp, metrics, shutdown, dir, task }
+}
+
+/// A daemon serving SMTP and metrics on fresh loopback ports.
+pub struct Running {
+    pub smtp: SocketAddr,
+    pub metrics: SocketAddr,
+    pub shutdown: CancellationToken,
+    pub task: tokio::task::JoinHandle<()>,
+}
+
+/// Validate `cfg`, run `mailgrip::run_with_reload` on fresh ports until `shutdown`, and return
+/// once the SMTP listener greets (the model loads before the listener is served).
+pub async fn serve(cfg: Config, reload: Option<mailgrip::Reload>) -> Running {
     cfg.validate().expect("test config must validate");
     let smtp = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let metrics = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -233,11 +248,9 @@ pub async fn start(next_hop: Option<SocketAddr>, tweak: impl FnOnce(&mut Config)
     let shutdown = CancellationToken::new();
     let s = shutdown.clone();
     let task = tokio::spawn(async move {
-        mailgrip::run(cfg, mailgrip::Listeners { smtp: Some(smtp), metrics: Some(metrics), ..Default::default() }, s)
-            .await
-            .expect("gateway failed");
+        let listeners = mailgrip::Listeners { smtp: Some(smtp), metrics: Some(metrics), ..Default::default() };
+        mailgrip::run_with_reload(cfg, listeners, s, reload).await.expect("gateway failed");
     });
-    // Ready once the greeting arrives (the model loads before the listener is served).
     let mut ok = false;
     for _ in 0..400 {
         if let Ok(mut c) = Client::connect(smtp_addr).await {
@@ -250,7 +263,7 @@ pub async fn start(next_hop: Option<SocketAddr>, tweak: impl FnOnce(&mut Config)
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     assert!(ok, "gateway did not come up");
-    Gateway { smtp: smtp_addr, metrics: metrics_addr, shutdown, dir, task }
+    Running { smtp: smtp_addr, metrics: metrics_addr, shutdown, task }
 }
 
 /// A plain SMTP client.
