@@ -105,17 +105,19 @@ impl Gateway {
 
     /// Process one received message and say what to answer the client.
     pub async fn process(self: &Arc<Self>, env: Envelope, raw: Vec<u8>) -> SmtpReply {
-        if self.journal.enabled && parse::journal::is_report(&raw) {
-            if self.journal.trusts(&env.mail_from, &env.rcpt_to) {
-                return self.process_journal(env, raw).await;
-            }
+        let mut journal = self.journal.enabled && parse::journal::is_report(&raw);
+        if journal && !self.journal.trusts(&env.mail_from, &env.rcpt_to) {
+            journal = false;
             self.metrics.journal_reports.with_label_values(&["untrusted"]).inc();
             warn!(mail_from = %env.mail_from, "journal report from an untrusted sender or for another address: relayed as ordinary mail");
         }
         let id = Self::new_id();
-        let span = info_span!("message", id = %id, queue_id = env.queue_id().unwrap_or("-"), size = raw.len(), rcpts = env.rcpt_to.len());
+        let span = info_span!("message", id = %id, queue_id = env.queue_id().unwrap_or("-"), size = raw.len(), rcpts = env.rcpt_to.len(), journal);
         let started = Instant::now();
         let reply = async {
+            if journal {
+                return self.process_journal(&id, env, raw).await;
+            }
             match self.analyze(&id, &env, raw).await {
                 Ok(verdict) => self.relay_and_commit(&env, verdict).await,
                 Err(reply) => reply,
@@ -308,57 +310,48 @@ impl Gateway {
     /// journaling mailbox as the only recipient and hide the failure. Because nothing else
     /// holds the message, a failed commit of the archive copy is also a `451`, unlike in
     /// [`Verdict::commit`]'s relay case (a retry may leave a second copy; never none).
-    async fn process_journal(self: &Arc<Self>, env: Envelope, raw: Vec<u8>) -> SmtpReply {
-        let id = Self::new_id();
-        let span = info_span!("journal", id = %id, queue_id = env.queue_id().unwrap_or("-"), size = raw.len());
-        let started = Instant::now();
+    async fn process_journal(self: &Arc<Self>, id: &str, env: Envelope, raw: Vec<u8>) -> SmtpReply {
         let m = &self.metrics;
-        let reply = async {
-            let report = match tokio::task::spawn_blocking(move || parse::journal::unwrap(&raw)).await {
-                Ok(Ok(report)) => report,
-                Ok(Err(e)) => {
-                    m.journal_reports.with_label_values(&["malformed"]).inc();
-                    warn!(error = %e, "malformed journal report; deferring, not relaying");
-                    return SmtpReply::new(451, format!("4.6.0 malformed journal report ({e}), try again later"));
-                }
-                Err(e) => {
-                    m.error("parse", "panic");
-                    warn!(error = %e, "journal report parser crashed");
-                    return SmtpReply::new(451, "4.3.0 internal error while parsing, try again later");
-                }
-            };
-            let journal_env = Envelope {
-                mail_from: report.sender.clone(),
-                rcpt_to: report.recipients.iter().map(|r| r.address.clone()).collect(),
-                body_8bitmime: env.body_8bitmime,
-                smtputf8: env.smtputf8,
-                xforward: env.xforward.clone(),
-                journal: Some(JournalEnvelope {
-                    recipients: report.recipients,
-                    on_behalf_of: report.on_behalf_of,
-                    message_id: report.message_id,
-                    report_mail_from: env.mail_from.clone(),
-                    report_rcpt_to: env.rcpt_to.clone(),
-                }),
-            };
-            let verdict = match self.analyze(&id, &journal_env, report.original).await {
-                Ok(verdict) => verdict,
-                Err(reply) => return reply,
-            };
-            let (class, action) = (verdict.decision.class.clone(), verdict.decision.action);
-            if verdict.has_archive_copy() && !verdict.commit(m).await {
-                m.messages.with_label_values(&[&class, "tempfailed"]).inc();
-                return SmtpReply::new(451, "4.3.0 archive store unavailable, try again later");
+        let report = match tokio::task::spawn_blocking(move || parse::journal::unwrap(&raw)).await {
+            Ok(Ok(report)) => report,
+            Ok(Err(e)) => {
+                m.journal_reports.with_label_values(&["malformed"]).inc();
+                warn!(error = %e, "malformed journal report; deferring, not relaying");
+                return SmtpReply::new(451, format!("4.6.0 malformed journal report ({e}), try again later"));
             }
-            m.journal_reports.with_label_values(&["unwrapped"]).inc();
-            m.messages.with_label_values(&[&class, "journaled"]).inc();
-            info!(class = %class, action = action.as_str(), recipients = journal_env.rcpt_to.len(), "journaled");
-            SmtpReply::new(250, format!("2.0.0 Ok: {id} {class} {} journaled", action.as_str()))
+            Err(e) => {
+                m.error("parse", "panic");
+                warn!(error = %e, "journal report parser crashed");
+                return SmtpReply::new(451, "4.3.0 internal error while parsing, try again later");
+            }
+        };
+        let journal_env = Envelope {
+            mail_from: report.sender.clone(),
+            rcpt_to: report.recipients.iter().map(|r| r.address.clone()).collect(),
+            body_8bitmime: env.body_8bitmime,
+            smtputf8: env.smtputf8,
+            xforward: env.xforward.clone(),
+            journal: Some(JournalEnvelope {
+                recipients: report.recipients,
+                on_behalf_of: report.on_behalf_of,
+                message_id: report.message_id,
+                report_mail_from: env.mail_from.clone(),
+                report_rcpt_to: env.rcpt_to.clone(),
+            }),
+        };
+        let verdict = match self.analyze(id, &journal_env, report.original).await {
+            Ok(verdict) => verdict,
+            Err(reply) => return reply,
+        };
+        let (class, action) = (verdict.decision.class.clone(), verdict.decision.action);
+        if verdict.has_archive_copy() && !verdict.commit(m).await {
+            m.messages.with_label_values(&[&class, "tempfailed"]).inc();
+            return SmtpReply::new(451, "4.3.0 archive store unavailable, try again later");
         }
-        .instrument(span)
-        .await;
-        self.metrics.processing_seconds.observe(started.elapsed().as_secs_f64());
-        reply
+        m.journal_reports.with_label_values(&["unwrapped"]).inc();
+        m.messages.with_label_values(&[&class, "journaled"]).inc();
+        info!(class = %class, action = action.as_str(), recipients = journal_env.rcpt_to.len(), "journaled");
+        SmtpReply::new(250, format!("2.0.0 Ok: {id} {class} {} journaled", action.as_str()))
     }
 
     /// Relay the tagged message; commit its archive copy only once the next hop holds it.
